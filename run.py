@@ -1,0 +1,81 @@
+"""sglr_jax command line: train, evaluate or report on a workdir.
+
+  python run.py --config=configs/mnist_sglr.py --workdir=runs/mnist_sglr
+  python run.py --config=configs/mnist_sglr.py --workdir=runs/mnist_sglr --mode=eval
+  python run.py --config=configs/mnist_sglr.py --workdir=runs/mnist_sglr --config.train.epochs=5
+
+Bad configs and inputs end in one line on stderr naming the field, exit status 2.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history and results.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'report'],
+                  'train (resumes if the workdir has checkpoints), eval (best and final '
+                  'checkpoints), report (figures and tables of --workdir and --compare).')
+flags.DEFINE_list('compare', [], 'report: more workdirs to put beside --workdir.')
+flags.DEFINE_bool('progress', True, 'Show progress bars.')
+
+
+class UserError(Exception):
+  """An error the user can fix; printed as one line."""
+
+
+def run(argv, progress=True):
+  """Runs the mode with the parsed flags; raises on errors (tests call this)."""
+  del argv
+  from sglr_jax import parallel  # pylint: disable=g-import-not-at-top
+  config, workdir, mode = FLAGS.config, FLAGS.workdir, FLAGS.mode
+  if not workdir:
+    raise UserError('--workdir is required')
+  if mode == 'report':
+    from sglr_jax import report  # pylint: disable=g-import-not-at-top
+    paths = report.make_report([workdir] + list(FLAGS.compare), os.path.join(workdir, 'report'))
+    print('\n'.join(paths))
+    return
+  if config is None:
+    raise UserError('--config is required, e.g. --config=configs/mnist_sglr.py')
+  parallel.maybe_initialize_distributed(config.distributed)
+  if mode == 'train':
+    from sglr_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir, progress=progress)
+  else:
+    from sglr_jax import evaluate  # pylint: disable=g-import-not-at-top
+    results = evaluate.evaluate(config, workdir, progress=progress)
+    print(evaluate.markdown_table(results, title=os.path.basename(os.path.normpath(workdir))))
+
+
+def main(argv):
+  from sglr_jax import checkpoints, config_check  # pylint: disable=g-import-not-at-top
+  user_errors = [UserError, config_check.ConfigError, checkpoints.NoCheckpointError]
+  try:
+    from sglr_jax import tfds_data  # pylint: disable=g-import-not-at-top
+    user_errors.append(tfds_data.DatasetNotPreparedError)
+  except ImportError:
+    pass
+  try:
+    run(argv, progress=FLAGS.progress)
+  except tuple(user_errors) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_config_path():
+  """A missing config file is named in one line, not an absl traceback."""
+  for arg in sys.argv[1:]:
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1].split(':', 1)[0]
+      if not os.path.isfile(path):
+        print(f'error: --config={path}: no such file; the configs are in configs/', file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+  _check_config_path()
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)

@@ -1,0 +1,217 @@
+"""``train_and_evaluate(config, workdir)``: the training loop around the pure step.
+
+Per epoch: train (progress bar), test natural + PGD-20 accuracy, optionally the fit
+of the training labels (memorisation under label noise), one line of
+``history.jsonl``, then the ``latest`` checkpoint (and ``best`` when the test PGD-20
+accuracy improved). The last epoch is also saved as ``final``. Re-running on a
+workdir resumes from the newest readable ``latest`` checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from sglr_jax import checkpoints, config_check, data, metrics, models, parallel, state as state_lib
+from sglr_jax import steps as steps_lib
+
+
+@dataclasses.dataclass
+class Setup:
+  """What both training and evaluation build from a config."""
+  config: object
+  ds: data.Dataset
+  mesh: object
+  model: object
+  step_config: steps_lib.StepConfig
+  steps_per_epoch: int
+
+
+def build(config) -> Setup:
+  config_check.validate(config)
+  ds = data.load(config)
+  mesh = parallel.make_mesh(config.parallel.num_devices)
+  parallel.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  parallel.check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
+  n = len(ds.train_labels)
+  if n < config.train.batch_size:
+    raise config_check.ConfigError(
+        f'train.batch_size={config.train.batch_size} exceeds the {n} training examples')
+  model = models.create_model(config.model.name, ds.num_classes, width=config.model.width,
+                              depth=tuple(config.model.depth), bn_axis_name=parallel.AXIS)
+  sc = steps_lib.step_config(config, ds.num_classes)
+  return Setup(config, ds, mesh, model, sc, data.steps_per_epoch(n, config.train.batch_size))
+
+
+def initial_state(s: Setup):
+  """A fresh state, placed on the mesh."""
+  c = s.config
+  st = state_lib.create_train_state(
+      c, s.model, s.ds.image_shape, s.ds.train_labels, s.ds.num_classes, s.steps_per_epoch,
+      jax.random.PRNGKey(c.seed), table_rows=parallel.table_rows(len(s.ds.train_labels), s.mesh))
+  return jax.device_put(st, parallel.state_shardings(st, s.mesh, s.step_config.table_layout))
+
+
+def predict(eval_step, variables, images, labels, batch_size, mesh, key):
+  """Clean and adversarial logits ``[M, K]`` for all of ``images`` (on every host)."""
+  clean, adv = [], []
+  for batch in data.eval_batches(images, labels, batch_size, jax.process_index(),
+                                 jax.process_count()):
+    mask = batch.pop('mask')
+    c, a = eval_step(variables, parallel.to_global(batch, mesh), key)
+    clean.append(_host(c))
+    adv.append(_host(a))
+  n = len(labels)
+  return np.concatenate(clean)[:n], np.concatenate(adv)[:n]
+
+
+def _host(x):
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def variables_of(st):
+  return {'params': st.params, 'batch_stats': st.batch_stats}
+
+
+class _Preemption:
+  """SIGTERM asks the loop to checkpoint at the next step boundary and exit."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, *_):
+    self.requested = True
+
+  def __exit__(self, *_):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def write_config(config, workdir: str):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+def train_and_evaluate(config, workdir: str, progress: bool = True) -> list[dict]:
+  """Trains (resuming if possible) and returns the history."""
+  s = build(config)
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  is_main = jax.process_index() == 0
+  c = config
+  st = initial_state(s)
+  shardings = parallel.state_shardings(st, s.mesh, s.step_config.table_layout)
+  restored = checkpoints.restore(workdir, 'latest', st, shardings)
+  if restored is not None:
+    st, done = restored
+    logging.info('resuming from epoch %d', done)
+  done = int(st.epoch)
+  if is_main:
+    metrics.truncate_history(workdir, done)
+
+  train_step = steps_lib.make_train_step(s.model, s.step_config, s.mesh, st)
+  eval_step = steps_lib.make_eval_step(s.model, s.mesh, eps=c.eval.eps,
+                                       step_size=c.eval.step_size, steps=c.eval.steps)
+  fit_step = steps_lib.make_eval_step(s.model, s.mesh, eps=0.0, step_size=0.0, steps=0)
+  _, schedule = state_lib.create_optimizer(c, s.steps_per_epoch)
+  eval_key = jax.random.PRNGKey(c.eval.seed)
+  halt = c.train.halt_after_epoch
+  with _Preemption() as preempt:
+    for epoch in range(done, c.train.epochs):
+      t0 = time.time()
+      sums = []
+      batches = data.train_batches(s.ds, c.seed, epoch, c.train.batch_size,
+                                   jax.process_index(), jax.process_count())
+      bar = tqdm(batches, total=s.steps_per_epoch, desc=f'epoch {epoch + 1}/{c.train.epochs}',
+                 disable=not (progress and is_main), leave=False)
+      for batch in bar:
+        st, m = train_step(st, parallel.to_global(batch, s.mesh))
+        sums.append(m)
+      sums = jax.device_get(sums)
+      # Same shardings as before, so the next epoch's step does not recompile.
+      st = jax.device_put(st.replace(epoch=st.epoch + 1), shardings)
+      record = _epoch_record(epoch, sums, float(schedule(epoch * s.steps_per_epoch)))
+      record['train_time_s'] = round(time.time() - t0, 2)
+      if c.eval.every_epochs and ((epoch + 1) % c.eval.every_epochs == 0
+                                  or epoch + 1 == c.train.epochs):
+        clean, adv = predict(eval_step, variables_of(st), s.ds.test_images, s.ds.test_labels,
+                             c.eval.batch_size, s.mesh, eval_key)
+        record['test_natural_acc'] = metrics.masked_accuracy(clean, s.ds.test_labels)
+        record['test_pgd20_acc'] = metrics.masked_accuracy(adv, s.ds.test_labels)
+      if c.train.train_fit_every_epochs and (epoch + 1) % c.train.train_fit_every_epochs == 0:
+        record.update(_train_fit(fit_step, st, s, eval_key))
+      record['epoch_time_s'] = round(time.time() - t0, 2)
+      improved = record.get('test_pgd20_acc', -1.0) > float(st.best_metric)
+      if improved:
+        st = jax.device_put(
+            st.replace(best_metric=jnp.asarray(record['test_pgd20_acc'], jnp.float32)), shardings)
+      if is_main:
+        metrics.append_history(workdir, record)
+        if progress:
+          tqdm.write(_summary(record))
+      if improved:
+        checkpoints.save(workdir, 'best', st, epoch + 1)
+      checkpoints.save(workdir, 'latest', st, epoch + 1)
+      if epoch + 1 == c.train.epochs:
+        checkpoints.save(workdir, 'final', st, epoch + 1)
+      if preempt.requested or (halt and epoch + 1 >= halt):
+        logging.info('stopping after epoch %d (%s)', epoch + 1,
+                     'SIGTERM' if preempt.requested else 'train.halt_after_epoch')
+        break
+  return metrics.read_history(workdir)
+
+
+def _epoch_record(epoch, sums, lr) -> dict:
+  count = sum(float(m['count']) for m in sums)
+  return {
+      'epoch': epoch + 1,
+      'lr': lr,
+      'train_loss': sum(float(m['loss_sum']) for m in sums) / count,
+      'train_adv_acc': sum(float(m['adv_correct']) for m in sums) / count,
+      'grad_norm': float(np.mean([float(m['grad_norm']) for m in sums])),
+  }
+
+
+def _train_fit(fit_step, st, s: Setup, key) -> dict:
+  """Clean-input fit of the training set: against the clean labels, and on the
+  noisy examples against their noisy labels (memorisation)."""
+  logits, _ = predict(fit_step, variables_of(st), s.ds.train_images, s.ds.train_labels,
+                      s.config.eval.batch_size, s.mesh, key)
+  out = {'train_clean_acc': metrics.masked_accuracy(logits, s.ds.train_clean_labels)}
+  noisy = s.ds.noisy
+  if noisy.any():
+    out['train_noisy_fit'] = metrics.masked_accuracy(logits, s.ds.train_labels, noisy)
+    out['train_noisy_clean_acc'] = metrics.masked_accuracy(logits, s.ds.train_clean_labels, noisy)
+  return out
+
+
+def _summary(r: dict) -> str:
+  parts = [f"epoch {r['epoch']}", f"lr {r['lr']:.4g}", f"loss {r['train_loss']:.4f}",
+           f"train adv {100 * r['train_adv_acc']:.1f}%"]
+  if 'test_natural_acc' in r:
+    parts += [f"test nat {100 * r['test_natural_acc']:.1f}%",
+              f"PGD-{'20'} {100 * r['test_pgd20_acc']:.1f}%"]
+  if 'train_noisy_fit' in r:
+    parts.append(f"noisy fit {100 * r['train_noisy_fit']:.1f}%")
+  parts.append(f"{r['epoch_time_s']:.1f}s")
+  return ' | '.join(parts)

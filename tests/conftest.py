@@ -1,0 +1,38 @@
+"""Test setup: the repo root on sys.path, quiet logs, a small shared MNIST run."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+
+def tiny_config(name='mnist_sglr', **overrides):
+  """A config that trains in seconds: tiny CNN, small data, few PGD steps."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  c = importlib.import_module(f'configs.{name}').get_config()
+  c.model.width = 8
+  c.data.train_size = 256
+  c.data.test_size = 100
+  c.train.batch_size = 64
+  c.train.epochs = 3
+  c.schedule.decay_epochs = (2,)
+  c.attack.steps = 2
+  c.eval.steps = 3
+  c.eval.batch_size = 50
+  if c.sglr.enabled:
+    c.sglr.start_epoch = 1
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config

@@ -1,0 +1,56 @@
+"""Every config loads and validates; bad values give one clear error naming the field."""
+import glob
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny_config
+from sglr_jax import config_check
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                 if not p.endswith('__init__.py'))
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_loads_and_validates(name):
+  c = importlib.import_module(f'configs.{name}').get_config()
+  config_check.validate(c)
+  c.to_json()  # plain values only: serialisable
+
+
+BAD = [
+    ('data.name', 'imagenet', 'data.name'),
+    ('model.name', 'vgg', 'model.name'),
+    ('objective.name', 'mart', 'objective.name'),
+    ('attack.eps', 1.5, 'attack.eps'),
+    ('eval.eps', -0.1, 'eval.eps'),
+    ('sglr.alpha', 1.2, 'sglr.alpha'),
+    ('sglr.momentum', -0.5, 'sglr.momentum'),
+    ('sglr.start_epoch', 3, 'sglr.start_epoch'),
+    ('sglr.table_sharding', 'striped', 'sglr.table_sharding'),
+]
+
+
+@pytest.mark.parametrize('field,value,named', BAD)
+def test_bad_values_name_the_field(field, value, named):
+  c = tiny_config(**{field: value})
+  with pytest.raises(config_check.ConfigError, match=named.replace('.', r'\.')):
+    config_check.validate(c)
+
+
+def test_cli_errors_are_one_line_and_leave_workdir_alone(tmp_path):
+  wd = tmp_path / 'w'
+  for args, needle in [
+      (['--config=configs/nope.py'], 'no such file'),
+      (['--config=configs/mnist_sglr.py', '--config.sglr.alpha=2.0'], 'sglr.alpha'),
+      (['--config=configs/mnist_sglr.py', '--mode=eval'], "no 'best' checkpoint"),
+  ]:
+    p = subprocess.run([sys.executable, 'run.py', f'--workdir={wd}'] + args, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert 'Traceback' not in p.stderr
+    assert needle in p.stderr
+    assert not wd.exists() or not any(wd.iterdir())

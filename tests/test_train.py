@@ -1,0 +1,109 @@
+"""End to end: run.py in-process, resume equals an uninterrupted run, eval, checkpoints."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+import run as run_py
+from conftest import tiny_config
+from sglr_jax import checkpoints, config_check, evaluate, metrics, train
+
+TIME_KEYS = ('epoch_time_s', 'train_time_s')
+
+
+def _strip(history):
+  return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in history]
+
+
+def _run_py(args):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['run.py'] + args)
+  run_py.run([], progress=False)
+
+
+TINY_FLAGS = ['--config.model.width=8', '--config.data.train_size=256',
+              '--config.data.test_size=100', '--config.train.batch_size=64',
+              '--config.train.epochs=3', '--config.schedule.decay_epochs=(2,)',
+              '--config.attack.steps=2', '--config.eval.steps=3', '--config.eval.batch_size=50',
+              '--config.sglr.start_epoch=1']
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('full'))
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={wd}'] + TINY_FLAGS)
+  return wd
+
+
+def test_run_py_writes_history_config_and_checkpoints(trained):
+  hist = metrics.read_history(trained)
+  assert [r['epoch'] for r in hist] == [1, 2, 3]
+  for r in hist:
+    for k in ('epoch', 'lr', 'train_loss', 'train_adv_acc', 'test_natural_acc', 'test_pgd20_acc'):
+      assert k in r
+    assert 0 <= r['test_pgd20_acc'] <= r['test_natural_acc'] + 0.05 <= 1.05
+  assert hist[0]['lr'] == pytest.approx(0.1) and hist[2]['lr'] == pytest.approx(0.01)
+  cfg = json.load(open(os.path.join(trained, 'config.json')))
+  assert cfg['model']['width'] == 8 and cfg['sglr']['enabled'] is True
+  assert checkpoints.available(trained, 'final') == [3]
+  best = max(hist, key=lambda r: r['test_pgd20_acc'])['epoch']
+  assert checkpoints.available(trained, 'best') == [best]
+
+
+def test_eval_mode_writes_results(trained):
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={trained}', '--mode=eval'] + TINY_FLAGS)
+  res = json.load(open(os.path.join(trained, 'results.json')))
+  hist = {r['epoch']: r for r in metrics.read_history(trained)}
+  for kind in ('best', 'final'):
+    r = res[kind]
+    # the eval recomputes the same numbers the history logged for that epoch
+    assert r['natural_acc'] == pytest.approx(hist[r['epoch']]['test_natural_acc'])
+    assert r['pgd20_acc'] == pytest.approx(hist[r['epoch']]['test_pgd20_acc'])
+  assert res['diff']['pgd20_acc'] == pytest.approx(res['best']['pgd20_acc'] - res['final']['pgd20_acc'])
+  md = open(os.path.join(trained, 'results.md')).read()
+  assert '| PGD-20 |' in md and f"{100 * res['final']['natural_acc']:.2f}" in md
+
+
+def test_resume_gives_the_same_history(trained, tmp_path):
+  wd = str(tmp_path)
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={wd}', '--config.train.halt_after_epoch=1']
+          + TINY_FLAGS)
+  assert len(metrics.read_history(wd)) == 1
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={wd}'] + TINY_FLAGS)
+  assert _strip(metrics.read_history(wd)) == _strip(metrics.read_history(trained))
+
+
+def test_checkpoint_round_trip_holds_all_state(tmp_path):
+  s = train.build(tiny_config())
+  st = train.initial_state(s)
+  st = st.replace(label_table=st.label_table * 0.5 + 0.25, rng=jax.random.PRNGKey(7),
+                  epoch=st.epoch + 2, best_metric=st.best_metric + 1.5)
+  checkpoints.save(str(tmp_path), 'latest', st, 2)
+  fresh = train.initial_state(s)
+  got, epoch = checkpoints.restore(str(tmp_path), 'latest', fresh)
+  assert epoch == 2
+  for a, b in zip(jax.tree.leaves(st), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_damaged_latest_checkpoint_falls_back(tmp_path, caplog):
+  s = train.build(tiny_config())
+  st = train.initial_state(s)
+  checkpoints.save(str(tmp_path), 'latest', st.replace(epoch=st.epoch + 1), 1)
+  checkpoints.save(str(tmp_path), 'latest', st.replace(epoch=st.epoch + 2), 2)
+  # truncate every data file of the newest checkpoint
+  for root, _, files in os.walk(os.path.join(tmp_path, 'checkpoints', 'latest', '2')):
+    for f in files:
+      if 'METADATA' not in f and not f.endswith('.txt'):
+        open(os.path.join(root, f), 'w').close()
+  got, epoch = checkpoints.restore(str(tmp_path), 'latest', st)
+  assert epoch == 1 and int(got.epoch) == 1
+  assert 'unreadable' in caplog.text
+
+
+def test_eval_without_checkpoints_is_a_clear_error(tmp_path):
+  with pytest.raises(checkpoints.NoCheckpointError, match='no .best. checkpoint'):
+    evaluate.evaluate(tiny_config(), str(tmp_path), progress=False)
