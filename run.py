@@ -13,29 +13,46 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'report'],
-                  'train (resumes if the workdir has checkpoints), eval (best and final '
-                  'checkpoints), report (figures and tables of --workdir and --compare).')
-flags.DEFINE_list('compare', [], 'report: more workdirs to put beside --workdir.')
-flags.DEFINE_bool('progress', True, 'Show progress bars.')
+
+
+def define_flags(flag_values, argv):
+  """Defines the command line on ``flag_values``. ``--config.a.b=v`` overrides are
+  registered from ``argv`` (ml_collections reads them at definition time)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history and results.',
+                      flag_values=flag_values)
+  flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'report'],
+                    'train (resumes if the workdir has checkpoints), eval (best and final '
+                    'checkpoints), report (figures and tables of --workdir and --compare).',
+                    flag_values=flag_values)
+  flags.DEFINE_list('compare', [], 'report: more workdirs to put beside --workdir.',
+                    flag_values=flag_values)
+  flags.DEFINE_bool('progress', True, 'Show progress bars.', flag_values=flag_values)
+
+
+def run_argv(argv, progress=True):
+  """Parses ``argv`` (``['run.py', '--config=...', ...]``) on fresh flag values and
+  runs it in this process; raises on errors (tests call this)."""
+  fv = flags.FlagValues()
+  define_flags(fv, argv)
+  fv(argv)
+  run(fv, progress=progress)
 
 
 class UserError(Exception):
   """An error the user can fix; printed as one line."""
 
 
-def run(argv, progress=True):
-  """Runs the mode with the parsed flags; raises on errors (tests call this)."""
-  del argv
+def run(fv, progress=True):
+  """Runs the mode with the parsed flag values ``fv``; raises on errors."""
   from sglr_jax import parallel  # pylint: disable=g-import-not-at-top
-  config, workdir, mode = FLAGS.config, FLAGS.workdir, FLAGS.mode
+  config, workdir, mode = fv.config, fv.workdir, fv.mode
   if not workdir:
     raise UserError('--workdir is required')
   if mode == 'report':
     from sglr_jax import report  # pylint: disable=g-import-not-at-top
-    paths = report.make_report([workdir] + list(FLAGS.compare), os.path.join(workdir, 'report'))
+    paths = report.make_report([workdir] + list(fv.compare), os.path.join(workdir, 'report'))
     print('\n'.join(paths))
     return
   if config is None:
@@ -59,7 +76,8 @@ def main(argv):
   except ImportError:
     pass
   try:
-    run(argv, progress=FLAGS.progress)
+    del argv
+    run(FLAGS, progress=FLAGS.progress)
   except tuple(user_errors) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -77,5 +95,6 @@ def _check_config_path():
 
 if __name__ == '__main__':
   _check_config_path()
+  define_flags(FLAGS, sys.argv)
   logging.set_verbosity(logging.WARNING)
   app.run(main)

@@ -131,7 +131,7 @@ def train_step_fn(model, sc: StepConfig) -> Callable:
         'loss_sum': jax.lax.psum(jnp.sum(per_example), AXIS),
         'adv_correct': jax.lax.psum(jnp.sum(correct), AXIS),
         'count': jax.lax.psum(labels.shape[0], AXIS),
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree.norm(grads),
     }
     return new_state, metrics
 

@@ -36,3 +36,17 @@ def tiny_config(name='mnist_sglr', **overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+def _enable_compilation_cache():
+  """Identical programs (the same tiny model in several tests) compile once per session."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  path = os.environ.get('SGLR_TEST_JAX_CACHE') or tempfile.mkdtemp(prefix='sglr_jax_cache_')
+  os.environ['SGLR_TEST_JAX_CACHE'] = path  # subprocesses share it
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+_enable_compilation_cache()

@@ -5,7 +5,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
 import run as run_py
 from conftest import tiny_config
@@ -19,9 +18,7 @@ def _strip(history):
 
 
 def _run_py(args):
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(['run.py'] + args)
-  run_py.run([], progress=False)
+  run_py.run_argv(['run.py'] + args, progress=False)
 
 
 TINY_FLAGS = ['--config.model.width=8', '--config.data.train_size=256',
