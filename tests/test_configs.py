@@ -54,3 +54,24 @@ def test_cli_errors_are_one_line_and_leave_workdir_alone(tmp_path):
     assert 'Traceback' not in p.stderr
     assert needle in p.stderr
     assert not wd.exists() or not any(wd.iterdir())
+
+
+def _leaves(d, prefix=''):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _leaves(v, f'{prefix}{k}.')
+    else:
+      yield prefix + k
+
+
+def test_readme_documents_every_config_field():
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  c = importlib.import_module('configs.default').get_config().to_dict()
+  missing = [f for f in _leaves(c) if f'| `{f}` |' not in readme]
+  assert not missing, f'README config reference lacks {missing}'
+
+
+def test_readme_lists_every_config_file():
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  missing = [n for n in CONFIGS if f'configs/{n}.py' not in readme]
+  assert not missing, f'README does not list {missing}'

@@ -1,0 +1,102 @@
+"""Throughput of the PGD-10 AT step and the AT + SGLR step, and compile time vs PGD steps.
+
+  python bench/train_step.py               # small CNN b128 and ResNet-18 b32
+  python bench/train_step.py --quick       # tiny sizes, a smoke run
+
+Prints one JSON line per measurement: model, batch, objective, pgd_steps, img_s,
+compile_s. AT and AT + SGLR are timed alternately in the same run (rounds), so a
+busy machine slows both alike; the ratio line gives SGLR's extra cost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import default  # noqa: E402
+from sglr_jax import data, models, parallel, state as state_lib  # noqa: E402
+from sglr_jax import steps as steps_lib  # noqa: E402
+
+
+def make(model_name, batch, sglr, pgd_steps, width=0, image_shape=(32, 32, 3), k=10):
+  c = default.get_config()
+  c.model.name = model_name
+  c.model.width = width
+  c.attack.steps = pgd_steps
+  c.sglr.enabled = sglr
+  c.train.batch_size = batch
+  n = batch * 4
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (n,) + image_shape, dtype=np.uint8)
+  labels = rng.integers(0, k, n).astype(np.int32)
+  mesh = parallel.make_mesh(1)
+  model = models.create_model(model_name, k, width=width, bn_axis_name=parallel.AXIS)
+  st = state_lib.create_train_state(c, model, image_shape, labels, k, 4, jax.random.PRNGKey(0))
+  st = jax.device_put(st, parallel.state_shardings(st, mesh, 'replicated'))
+  sc = steps_lib.step_config(c, k)
+  step = steps_lib.make_train_step(model, sc, mesh, st)
+  ds = data.Dataset('synthetic', k, images, labels, labels, images[:1], labels[:1])
+  batches = [parallel.to_global(b, mesh) for b in data.train_batches(ds, 0, 0, batch)]
+  return step, st, batches
+
+
+def compile_seconds(step, st, batch):
+  t = time.perf_counter()
+  step.lower(st, batch).compile()
+  return time.perf_counter() - t
+
+
+def timed(step, st, batches, iters):
+  st, m = step(st, batches[0])  # warm
+  jax.block_until_ready(m)
+  t = time.perf_counter()
+  for i in range(iters):
+    st, m = step(st, batches[i % len(batches)])
+  jax.block_until_ready(m)
+  return (time.perf_counter() - t) / iters, st
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--quick', action='store_true')
+  p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--iters', type=int, default=3)
+  args = p.parse_args()
+  cases = [('small_cnn', 128, 0, (28, 28, 1)), ('resnet18', 32, 0, (32, 32, 3))]
+  if args.quick:
+    cases = [('small_cnn', 32, 8, (28, 28, 1)), ('resnet18', 8, 8, (32, 32, 3))]
+  for name, batch, width, shape in cases:
+    built = {}
+    for sglr in (False, True):
+      step, st, batches = make(name, batch, sglr, 10, width, shape)
+      cs = compile_seconds(step, st, batches[0])
+      built[sglr] = [step, st, batches, cs, []]
+    for _ in range(args.rounds):
+      for sglr in (False, True):
+        step, st, batches, _, times = built[sglr]
+        dt, built[sglr][1] = timed(step, st, batches, args.iters)
+        times.append(dt)
+    for sglr in (False, True):
+      _, _, _, cs, times = built[sglr]
+      print(json.dumps({'model': name, 'batch': batch, 'objective': 'at+sglr' if sglr else 'at',
+                        'pgd_steps': 10, 'img_s': round(batch / float(np.median(times)), 2),
+                        'compile_s': round(cs, 2)}), flush=True)
+    at, sg = (float(np.median(built[s][4])) for s in (False, True))
+    print(json.dumps({'model': name, 'batch': batch, 'sglr_over_at_time': round(sg / at, 4)}),
+          flush=True)
+    for steps in (10, 40):
+      step, st, batches = make(name, batch, True, steps, width, shape)
+      print(json.dumps({'model': name, 'batch': batch, 'objective': 'at+sglr',
+                        'pgd_steps': steps, 'img_s': None,
+                        'compile_s': round(compile_seconds(step, st, batches[0]), 2)}), flush=True)
+
+
+if __name__ == '__main__':
+  main()
