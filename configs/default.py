@@ -26,6 +26,7 @@ def get_config():
   c.model.name = 'small_cnn'  # small_cnn, resnet18, resnet34, resnet50, preact_resnet18, wrn34_10
   c.model.width = 0  # width override (0 = the architecture's own); tests use tiny widths
   c.model.depth = ()  # depth override (() = the architecture's own), see models.create_model
+  c.model.dense = 0  # small_cnn: hidden dense units (0 = its own, 128)
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'at'  # 'at' (PGD-AT), 'ls' (AT + label smoothing), 'trades', 'te'

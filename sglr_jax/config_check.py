@@ -34,6 +34,9 @@ def validate(config) -> None:
   _choice('data.noise.kind', config.data.noise.kind, ('none', 'symmetric', 'asymmetric'))
   _unit('data.noise.rate', config.data.noise.rate)
   _choice('model.name', config.model.name, models.MODEL_NAMES)
+  if config.model.get('dense') and config.model.name != 'small_cnn':
+    raise ConfigError(f'model.dense={config.model.dense!r} applies to small_cnn only '
+                      f'(model.name={config.model.name!r}); set it to 0')
   _choice('objective.name', config.objective.name, objectives.OBJECTIVES)
   _unit('objective.ls_eps', config.objective.ls_eps)
   _unit('objective.te_momentum', config.objective.te_momentum)

@@ -36,6 +36,12 @@ class Setup:
   steps_per_epoch: int
 
 
+def build_model(config, num_classes):
+  extra = {'dense': int(config.model.dense)} if config.model.get('dense') else {}
+  return models.create_model(config.model.name, num_classes, width=config.model.width,
+                             depth=tuple(config.model.depth), bn_axis_name=parallel.AXIS, **extra)
+
+
 def build(config) -> Setup:
   config_check.validate(config)
   ds = data.load(config)
@@ -46,8 +52,7 @@ def build(config) -> Setup:
   if n < config.train.batch_size:
     raise config_check.ConfigError(
         f'train.batch_size={config.train.batch_size} exceeds the {n} training examples')
-  model = models.create_model(config.model.name, ds.num_classes, width=config.model.width,
-                              depth=tuple(config.model.depth), bn_axis_name=parallel.AXIS)
+  model = build_model(config, ds.num_classes)
   sc = steps_lib.step_config(config, ds.num_classes)
   return Setup(config, ds, mesh, model, sc, data.steps_per_epoch(n, config.train.batch_size))
 
@@ -85,25 +90,87 @@ def variables_of(st):
 
 
 class _Preemption:
-  """SIGTERM asks the loop to checkpoint at the next step boundary and exit."""
+  """SIGTERM asks the loop to checkpoint at the next step boundary and exit.
+
+  One process: a Python SIGTERM handler sets a flag, read after every step.
+  Under ``jax.distributed`` JAX's preemption service owns SIGTERM (it is installed
+  by ``jax.distributed.initialize`` and tells every process of a notice that any
+  of them got); ``reached_preemption_sync_point(step)`` then turns True on all
+  processes at the same step, so they save the same checkpoint. No Python handler
+  is installed in that case: it would replace JAX's. Without the service (it is
+  on by default), processes agree on a stop only at the end of an epoch.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._sync = False
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
+    multi = jax.process_count() > 1 or jax.distributed.is_initialized()
+    self._sync = multi and bool(jax.config.jax_enable_preemption_service)
+    if not self._sync:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread
+        self._previous = None
     return self
 
   def _handle(self, *_):
     self.requested = True
 
+  def check(self, step: int) -> bool:
+    """Called after every train step with the number of steps done (all processes)."""
+    if self._sync and not self.requested:
+      self.requested = bool(multihost_utils.reached_preemption_sync_point(step))
+    if jax.process_count() > 1 and not self._sync:
+      return False  # the processes could disagree; see at_epoch_end
+    return self.requested
+
+  def at_epoch_end(self) -> bool:
+    if jax.process_count() > 1 and not self._sync:
+      flags = multihost_utils.process_allgather(np.asarray([int(self.requested)], np.int32))
+      self.requested = bool(np.any(np.asarray(flags)))
+    return self.requested
+
   def __exit__(self, *_):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _progress(epoch: int, sums: list, spe: int, train_time_s: float) -> dict:
+  """What a checkpoint holds besides the state: the running epoch (0-based), the
+  steps done in it and their metric sums (exact: JSON floats round-trip)."""
+  return {'version': 1, 'epoch': epoch, 'step_in_epoch': len(sums), 'steps_per_epoch': spe,
+          'train_time_s': round(float(train_time_s), 3),
+          'metrics': [{k: float(v) for k, v in m.items()} for m in sums]}
+
+
+def _resume(workdir: str, st, shardings, spe: int):
+  """The newest readable ``latest`` checkpoint (or ``st``) and, when it was taken
+  inside an epoch, that epoch's saved per-step metrics and train time."""
+  got = checkpoints.restore(workdir, 'latest', st, shardings, with_progress=True)
+  if got is None:
+    return st, [], 0.0
+  st, key, prog = got
+  epoch, step = int(st.epoch), int(st.step)
+  k = step - epoch * spe
+  if jax.process_index() == 0:
+    logging.warning('resuming from checkpoint latest/%d: epoch %d, step %d of %d', key,
+                    epoch + 1, k, spe)
+  if k == 0:
+    return st, [], 0.0
+  if not 0 < k < spe:
+    raise config_check.ConfigError(
+        f'the latest checkpoint is at step {step} in epoch {epoch + 1}, which does not fit '
+        f'{spe} steps per epoch; were train.batch_size or data.train_size changed? '
+        'Use a fresh --workdir for a different setup')
+  if not prog or prog.get('epoch') != epoch or len(prog.get('metrics', ())) != k:
+    logging.warning('checkpoint latest/%d has no metrics of the %d finished steps of epoch %d; '
+                    "that epoch's train metrics will cover the remaining steps only", key, k,
+                    epoch + 1)
+    return st, [], 0.0
+  return st, list(prog['metrics']), float(prog.get('train_time_s', 0.0))
 
 
 def write_config(config, workdir: str):
@@ -119,13 +186,12 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> list[dict
   write_config(config, workdir)
   is_main = jax.process_index() == 0
   c = config
+  spe = s.steps_per_epoch
   st = initial_state(s)
   shardings = parallel.state_shardings(st, s.mesh, s.step_config.table_layout)
-  restored = checkpoints.restore(workdir, 'latest', st, shardings)
-  if restored is not None:
-    st, done = restored
-    logging.info('resuming from epoch %d', done)
+  st, partial_sums, partial_time = _resume(workdir, st, shardings, spe)
   done = int(st.epoch)
+  step = int(st.step)  # optimizer steps so far; the key of 'latest' checkpoints
   if is_main:
     metrics.truncate_history(workdir, done)
 
@@ -136,17 +202,36 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> list[dict
   _, schedule = state_lib.create_optimizer(c, s.steps_per_epoch)
   eval_key = jax.random.PRNGKey(c.eval.seed)
   halt = c.train.halt_after_epoch
+  every = int(c.train.get('checkpoint_every_steps', 0) or 0)
   with _Preemption() as preempt:
     for epoch in range(done, c.train.epochs):
-      t0 = time.time()
-      sums = []
+      first = step - epoch * spe  # > 0 only when resuming inside this epoch
+      t0 = time.time() - partial_time
+      sums, partial_sums, partial_time = partial_sums, [], 0.0
       batches = data.train_batches(s.ds, c.seed, epoch, c.train.batch_size,
-                                   jax.process_index(), jax.process_count())
-      bar = tqdm(batches, total=s.steps_per_epoch, desc=f'epoch {epoch + 1}/{c.train.epochs}',
+                                   jax.process_index(), jax.process_count(), start_step=first)
+      bar = tqdm(batches, total=spe, initial=first, desc=f'epoch {epoch + 1}/{c.train.epochs}',
                  disable=not (progress and is_main), leave=False)
+      stopped = False
       for batch in bar:
         st, m = train_step(st, parallel.to_global(batch, s.mesh))
         sums.append(m)
+        step += 1
+        stop = preempt.check(step)  # every step: the multi-process sync protocol needs it
+        if step < (epoch + 1) * spe and (stop or (every and step % every == 0)):
+          sums = jax.device_get(sums)
+          checkpoints.save(workdir, 'latest', st, step,
+                           _progress(epoch, sums, spe, time.time() - t0))
+          if stop:
+            stopped = True
+            break
+      bar.close()
+      if stopped:
+        if is_main:
+          logging.warning('SIGTERM: saved checkpoint latest/%d (epoch %d, step %d of %d); '
+                          'run the same command again to resume', step, epoch + 1,
+                          step - epoch * spe, spe)
+        break
       sums = jax.device_get(sums)
       # Same shardings as before, so the next epoch's step does not recompile.
       st = jax.device_put(st.replace(epoch=st.epoch + 1), shardings)
@@ -171,12 +256,13 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> list[dict
           tqdm.write(_summary(record))
       if improved:
         checkpoints.save(workdir, 'best', st, epoch + 1)
-      checkpoints.save(workdir, 'latest', st, epoch + 1)
+      checkpoints.save(workdir, 'latest', st, step, _progress(epoch + 1, [], spe, 0.0))
       if epoch + 1 == c.train.epochs:
         checkpoints.save(workdir, 'final', st, epoch + 1)
-      if preempt.requested or (halt and epoch + 1 >= halt):
-        logging.info('stopping after epoch %d (%s)', epoch + 1,
-                     'SIGTERM' if preempt.requested else 'train.halt_after_epoch')
+      if preempt.at_epoch_end() or (halt and epoch + 1 >= halt):
+        if is_main:
+          logging.warning('stopping after epoch %d (%s)', epoch + 1,
+                          'SIGTERM' if preempt.requested else 'train.halt_after_epoch')
         break
   return metrics.read_history(workdir)
 

@@ -1,0 +1,93 @@
+"""Shared driver of the studies: train and evaluate a list of runs, then report.
+
+Each study script lists its runs as ``(run name, config module, overrides)``; this
+module trains each into ``OUT/runs/NAME`` (resuming if interrupted), evaluates best
+and final, and writes figures and tables into ``OUT`` with ``sglr_jax.report``,
+plus ``OUT/summary.json`` (wall time, machine, per-run best/final numbers).
+``--mini`` shrinks everything to a few steps so the scripts are tested in CI.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MINI = {
+    'model.width': 8, 'model.dense': 0, 'data.train_size': 128, 'data.test_size': 50,
+    'train.batch_size': 64, 'train.epochs': 2, 'schedule.decay_epochs': (1,),
+    'attack.steps': 1, 'eval.steps': 2, 'eval.batch_size': 50, 'sglr.start_epoch': 1,
+}
+
+
+def parse_args(description: str, default_out: str):
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument('--out', default=os.path.join(ROOT, 'studies_out', default_out),
+                 help='folder for runs, figures and tables')
+  p.add_argument('--mini', action='store_true', help='a few steps per run (smoke test)')
+  p.add_argument('--no-progress', action='store_true')
+  return p.parse_args()
+
+
+def set_field(c, path: str, value):
+  node = c
+  *parents, last = path.split('.')
+  for k in parents:
+    node = node[k]
+  node[last] = value
+
+
+def make_config(module: str, overrides: dict, mini: bool):
+  c = importlib.import_module(f'configs.{module}').get_config()
+  for k, v in overrides.items():
+    set_field(c, k, v)
+  if mini:
+    for k, v in MINI.items():
+      if k == 'sglr.start_epoch' and not c.sglr.enabled:
+        continue
+      set_field(c, k, v)
+  return c
+
+
+def run_study(title: str, runs, args, groups=None) -> dict:
+  """Trains + evaluates each run, then writes the report. ``groups`` maps a figure
+  group name to the run names to put together (default: all in one)."""
+  from sglr_jax import evaluate, report, train  # pylint: disable=g-import-not-at-top
+  os.makedirs(args.out, exist_ok=True)
+  t0 = time.time()
+  summary = {'title': title, 'machine': f'{platform.machine()}, {os.cpu_count()} cores',
+             'command': ' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+             'runs': {}}
+  workdirs = {}
+  for name, module, overrides in runs:
+    wd = os.path.join(args.out, 'runs', name)
+    c = make_config(module, dict(overrides, name=name), args.mini)
+    t = time.time()
+    print(f'[{title}] training {name} ({module} {overrides})', flush=True)
+    train.train_and_evaluate(c, wd, progress=not args.no_progress)
+    res = evaluate.evaluate(c, wd, progress=not args.no_progress)
+    summary['runs'][name] = {'config': module, 'overrides': {k: list(v) if isinstance(v, tuple)
+                                                              else v for k, v in overrides.items()},
+                             'seed': c.seed, 'wall_s': round(time.time() - t, 1),
+                             'best': _brief(res['best']), 'final': _brief(res['final'])}
+    workdirs[name] = wd
+  groups = groups or {'all': list(workdirs)}
+  written = []
+  for group, names in groups.items():
+    out = args.out if len(groups) == 1 else os.path.join(args.out, group)
+    written += report.make_report([workdirs[n] for n in names], out)
+  summary['wall_s'] = round(time.time() - t0, 1)
+  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  print('\n'.join(written))
+  return summary
+
+
+def _brief(r: dict) -> dict:
+  return {k: r[k] for k in ('epoch', 'natural_acc', 'pgd20_acc', 'autoattack_acc') if k in r}
