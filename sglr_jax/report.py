@@ -407,13 +407,16 @@ def lr_decay_epochs(run: Run) -> list[float]:
 
 
 def sglr_start_epoch(run: Run) -> float | None:
-  """x position of the first refined epoch (drawn just before it), or None."""
+  """x position of the first refined epoch (drawn just before it), or None.
+
+  ``sglr.start_epoch`` is the 0-based index of the first refined epoch, i.e. the
+  1-based history epoch ``start_epoch + 1``; the line sits half an epoch before it."""
   if not _truthy(_get(run.config, 'sglr.enabled', False)):
     return None
   start = _num(_get(run.config, 'sglr.start_epoch'))
-  if start is None or start > run.history[-1]['epoch']:
+  if start is None or start + 1 > run.history[-1]['epoch']:
     return None
-  return start - 0.5
+  return start + 0.5
 
 
 # ----------------------------------------------------------------------------- plotting
@@ -431,7 +434,7 @@ def _save(fig, path: str | os.PathLike) -> str:
   d = os.path.dirname(path)
   if d:
     os.makedirs(d, exist_ok=True)
-  fig.savefig(path, format='png', facecolor='white')
+  fig.savefig(path, format='png', facecolor='white', bbox_inches='tight', pad_inches=0.15)
   return path
 
 
@@ -471,7 +474,7 @@ def _mark_events(ax, decays: Iterable[float], starts: Iterable[tuple[float, str]
     ax.axvline(x, color=color, ls=':', lw=1.6, zorder=1, label='SGLR start')
 
 
-def _legend_below(fig, axes_list, ncol_max: int = 7):
+def _legend_below(fig, axes_list, ncol_max: int = 3):
   """One figure legend under the panels, one entry per distinct label."""
   handles, labels, start_colors = [], [], set()
   for ax in axes_list:

@@ -262,7 +262,8 @@ def test_lr_decay_and_sglr_markers(tmp_path):
   run = report.load_run(_write_run(tmp_path / 'p', _config(sglr=True), _history()))
   # lr drops first appear at epochs 16 and 23: boundaries 15.5 and 22.5
   assert report.lr_decay_epochs(run) == [15.5, 22.5]
-  assert report.sglr_start_epoch(run) == 11.5
+  # start_epoch 12 is the 0-based index: history epoch 13 is the first refined one
+  assert report.sglr_start_epoch(run) == 12.5
   # No lr in the history: the config's decay epochs, up to the last epoch
   hist = [{'epoch': e} for e in range(1, 21)]
   run = report.load_run(_write_run(tmp_path / 'c', _config(), hist))
