@@ -124,18 +124,24 @@ class PreActBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    out = nn.relu(self.norm()(x))
+    out = nn.relu(self.norm(name='bn1')(x))
     shortcut = x
     if x.shape[-1] != self.features or self.strides != 1:
-      shortcut = nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(out)
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(out)
-    y = nn.relu(self.norm()(y))
-    y = nn.Conv(self.features, (3, 3), 1, padding=1, use_bias=False)(y)
+      shortcut = nn.Conv(self.features, (1, 1), self.strides, use_bias=False,
+                         name='shortcut')(out)
+    y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
+                name='conv1')(out)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = nn.Conv(self.features, (3, 3), 1, padding=1, use_bias=False, name='conv2')(y)
     return y + shortcut
 
 
 class PreActResNet(nn.Module):
-  """CIFAR pre-activation ResNet: 3x3 stem conv (no BN), four stages, final BN-ReLU."""
+  """CIFAR pre-activation ResNet: 3x3 stem conv (no BN), four stages, final BN-ReLU.
+
+  Parameter names follow the PyTorch reference (conv1, layer{s}_{b}/{bn1, conv1, bn2,
+  conv2, shortcut}, bn, linear) so converted checkpoints map one to one.
+  """
   num_classes: int = 10
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   width: int = 64
@@ -144,14 +150,14 @@ class PreActResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = _batch_norm(train, self.bn_axis_name)
-    x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False)(x)
+    x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, name='conv1')(x)
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
-        x = PreActBlock(self.width * 2**i, strides, norm)(x)
-    x = nn.relu(norm()(x))
+        x = PreActBlock(self.width * 2**i, strides, norm, name=f'layer{i + 1}_{j}')(x)
+    x = nn.relu(norm(name='bn')(x))
     x = jnp.mean(x, axis=(1, 2))  # [B, C]
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, name='linear')(x)
 
 
 # He-normal over fan-out: the conv init of the reference WRN (TRADES, Rice et al.).
@@ -172,22 +178,26 @@ class WideBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_WRN_CONV_INIT)
-    out = nn.relu(self.norm()(x))
+    out = nn.relu(self.norm(name='bn1')(x))
     if x.shape[-1] != self.features or self.strides != 1:
-      shortcut = conv(self.features, (1, 1), self.strides)(out)
+      shortcut = conv(self.features, (1, 1), self.strides, name='shortcut')(out)
     else:
       shortcut = x
-    y = conv(self.features, (3, 3), self.strides, padding=1)(out)
-    y = nn.relu(self.norm()(y))
-    y = conv(self.features, (3, 3), 1, padding=1)(y)
+    y = conv(self.features, (3, 3), self.strides, padding=1, name='conv1')(out)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = conv(self.features, (3, 3), 1, padding=1, name='conv2')(y)
     return y + shortcut
 
 
 class WideResNet(nn.Module):
-  """CIFAR WideResNet (WRN-depth-widen): 16-channel stem, three stages of widths
-  16k, 32k, 64k (k = ``widen``) with strides 1, 2, 2, final BN-ReLU, global mean.
+  """CIFAR WideResNet WRN-d-k (Zagoruyko & Komodakis 2016) as in TRADES / Rice et al.
 
-  ``stage_sizes`` (blocks per stage) is (depth - 4) / 6 each: (5, 5, 5) for WRN-34-10.
+  16-channel stem, three stages of widths 16k, 32k, 64k (k = ``widen``) with
+  strides 1, 2, 2, final BN-ReLU, global mean, dense. ``stage_sizes`` (blocks per
+  stage) is (d - 4) / 6 each: (5, 5, 5) for WRN-34-10. No dropout (TRADES uses
+  none). Parameter names follow the PyTorch reference (conv1, block{s}_{b}/{bn1,
+  conv1, bn2, conv2, shortcut (its convShortcut)}, bn1, fc), and convs use its
+  He-normal fan-out init.
   """
   num_classes: int = 10
   stage_sizes: Sequence[int] = (5, 5, 5)
@@ -197,14 +207,15 @@ class WideResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = _batch_norm(train, self.bn_axis_name)
-    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=_WRN_CONV_INIT)(x)
+    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=_WRN_CONV_INIT,
+                name='conv1')(x)
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
-        x = WideBlock(16 * self.widen * 2**i, strides, norm)(x)
-    x = nn.relu(norm()(x))
+        x = WideBlock(16 * self.widen * 2**i, strides, norm, name=f'block{i + 1}_{j}')(x)
+    x = nn.relu(norm(name='bn1')(x))
     x = jnp.mean(x, axis=(1, 2))  # [B, C]
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, name='fc')(x)
 
 
 _RESNETS = {

@@ -50,6 +50,19 @@ def lr_schedule(config, steps_per_epoch: int):
   raise ValueError(f'schedule.name={config.schedule.name!r}; allowed: piecewise, cosine')
 
 
+# XLA:CPU spends seconds per shape compiling the initialisers' normal sampling
+# (erf_inv); the one-off init program does not need optimising (2.5x faster here).
+_CPU_INIT_OPTIONS = {'xla_backend_optimization_level': 0,
+                     'xla_llvm_disable_expensive_passes': True}
+
+
+def init_variables(model, image_shape, key):
+  """``model.init`` on a zero batch of one image, as one jitted program."""
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  options = _CPU_INIT_OPTIONS if jax.default_backend() == 'cpu' else None
+  return jax.jit(lambda k: model.init(k, x, train=False), compiler_options=options)(key)
+
+
 def create_train_state(config, model, image_shape, labels, num_classes, steps_per_epoch,
                        key, table_rows: int = 0) -> TrainState:
   """Initialises parameters from ``key`` and the label table from the training labels.
@@ -61,7 +74,7 @@ def create_train_state(config, model, image_shape, labels, num_classes, steps_pe
   if table_rows > table.shape[0]:
     table = jnp.pad(table, ((0, table_rows - table.shape[0]), (0, 0)))
   init_key, run_key = jax.random.split(key)
-  variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  variables = init_variables(model, image_shape, init_key)
   tx, _ = create_optimizer(config, steps_per_epoch)
   return TrainState.create(
       apply_fn=model.apply,

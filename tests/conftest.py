@@ -2,6 +2,12 @@
 import os
 import sys
 
+# Tests run tiny models, where XLA:CPU's compile time dominates: compile unoptimised.
+# (Numbers are compared within a run or with tolerances, never against optimised builds.)
+_FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FAST_COMPILE).strip()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)

@@ -1,0 +1,68 @@
+"""Every config in configs/ trains two steps and evaluates once, with a tiny model.
+
+CIFAR configs read a tiny CIFAR written by tfds itself into a temp data_dir
+(``tfds_data.write_prepared``; ``tfds.testing.mock_data`` cannot serve
+``tfds.data_source`` without TensorFlow, see tests/test_tfds_data.py); MNIST configs
+use the packaged digits. A config file added to configs/ is picked up automatically.
+"""
+import glob
+import importlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from sglr_jax import evaluate, metrics, tfds_data, train
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                 if not p.endswith('__init__.py'))
+TINY_MODEL = {  # (width, depth) per model: a few thousand parameters each
+    'small_cnn': (8, ()), 'resnet18': (4, (1, 1, 1, 1)), 'resnet34': (4, (1, 1, 1, 1)),
+    'resnet50': (2, (1, 1, 1, 1)), 'preact_resnet18': (4, (1, 1, 1, 1)),
+    'wrn34_10': (1, (10,)),
+}
+
+
+@pytest.fixture(scope='module')
+def cifar_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('tfds'))
+  rng = np.random.default_rng(0)
+  for name, k in (('cifar10', 10), ('cifar100', 100)):
+    split = lambda n: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                       rng.integers(0, k, n))
+    tfds_data.write_prepared(name, d, {'train': split(16), 'test': split(8)})
+  return d
+
+
+def test_every_config_is_covered():
+  assert {'default', 'mnist_sglr', 'mnist_at', 'cifar100_sglr'} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
+  c = importlib.import_module(f'configs.{name}').get_config()
+  width, depth = TINY_MODEL[c.model.name]
+  c.model.width, c.model.depth, c.model.dense = width, depth, 0
+  c.data.data_dir = cifar_dir
+  c.data.train_size, c.data.test_size = 16, 8
+  c.train.batch_size, c.train.epochs = 8, 1  # 16 / 8 = two steps
+  c.schedule.decay_epochs = (1,) if c.schedule.name == 'piecewise' else ()
+  c.sglr.start_epoch = 0
+  c.attack.steps, c.eval.steps, c.eval.batch_size = 1, 1, 8
+  c.eval.suite = ('natural', 'pgd20', 'ece')
+  c.parallel.num_devices = 1
+  c.train.train_fit_every_epochs = 0
+  wd = str(tmp_path)
+  hist = train.train_and_evaluate(c, wd, progress=False)
+  assert len(hist) == 1 and math.isfinite(hist[0]['train_loss'])
+  res = evaluate.evaluate(c, wd, progress=False)
+  assert res['final']['epoch'] == 1 and 0 <= res['final']['pgd20_acc'] <= 1
+  assert json.load(open(os.path.join(wd, 'config.json')))['data']['name'] == c.data.name
+  if c.sglr.enabled or c.objective.name == 'te':
+    # the first epoch already refined the table rows of the 16 examples it saw
+    st, _ = evaluate.restore_for_eval(train.build(c), wd, 'final')
+    table = np.asarray(st.label_table)[:16]
+    assert np.all(table.max(1) < 1.0)
