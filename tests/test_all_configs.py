@@ -54,10 +54,13 @@ def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
   c.attack.steps, c.eval.steps, c.eval.batch_size = 1, 1, 8
   c.eval.suite = ('natural', 'pgd20', 'ece')
   c.parallel.num_devices = 1
-  c.train.train_fit_every_epochs = 0
+  noisy = c.data.noise.kind != 'none' and c.data.noise.rate > 0
+  c.train.train_fit_every_epochs = 1 if noisy else 0  # the memorisation metrics
   wd = str(tmp_path)
   hist = train.train_and_evaluate(c, wd, progress=False)
   assert len(hist) == 1 and math.isfinite(hist[0]['train_loss'])
+  if noisy:
+    assert 0 <= hist[0]['train_noisy_fit'] <= 1 and 0 <= hist[0]['train_clean_acc'] <= 1
   res = evaluate.evaluate(c, wd, progress=False)
   assert res['final']['epoch'] == 1 and 0 <= res['final']['pgd20_acc'] <= 1
   assert json.load(open(os.path.join(wd, 'config.json')))['data']['name'] == c.data.name
