@@ -1,7 +1,8 @@
 """Linf projected gradient descent (Madry et al.), composed from small pure parts.
 
-The loop is a ``lax.fori_loop`` so compile time does not grow with the number of
-steps. ``logits_fn`` must already run the model in inference mode.
+The loop is ``loop.attack_loop`` (a ``lax.fori_loop`` whose body's convolutions are
+put in XLA:CPU's canonical layout, see ``loop.py``) so compile time does not grow with
+the number of steps. ``logits_fn`` must already run the model in inference mode.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from sglr_jax.attacks import losses
+from sglr_jax.attacks.loop import attack_loop
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -72,5 +74,5 @@ def pgd_attack(logits_fn: LogitsFn, x, y, *, eps, step_size, steps: int, key,
   def body(_, x_adv):
     return sign_step(logits_fn, loss_fn, x_adv, x, y, eps, step_size)
 
-  x_adv = jax.lax.fori_loop(0, steps, body, x_adv)
+  x_adv = attack_loop(body, x_adv, steps)
   return jax.lax.stop_gradient(x_adv)

@@ -1,0 +1,87 @@
+"""Assembles docs/RESULTS.md from the studies' outputs (nothing in it is typed by hand
+except the readings in studies/readings/STUDY.md).
+
+  python studies/write_results.py [--studies_out studies_out] [--docs docs]
+
+For each study folder with a summary.json: its command, seeds, wall time and machine;
+a per-run table (best / final / diff of natural and PGD-20 accuracy, final fit of the
+noisy labels where there is label noise) computed from the runs' results.json and
+history.jsonl; the figures (copied to docs/figures/STUDY/); and the reading.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ORDER = ('robust_overfitting', 'label_noise', 'alpha_temperature', 'trades')
+
+
+def pct(x):
+  return '-' if x is None else f'{100 * x:.1f}'
+
+
+def run_rows(study_dir: str, summary: dict) -> list[str]:
+  from sglr_jax import metrics  # pylint: disable=g-import-not-at-top
+  rows = ['| run | seed | natural best | natural final | PGD-20 best (epoch) | PGD-20 final | '
+          'PGD-20 diff | final fit of noisy labels | wall (s) |',
+          '|---|---|---|---|---|---|---|---|---|']
+  for name, info in summary['runs'].items():
+    wd = os.path.join(study_dir, 'runs', name)
+    res = json.load(open(os.path.join(wd, 'results.json')))
+    hist = metrics.read_history(wd)
+    fit = hist[-1].get('train_noisy_fit') if hist else None
+    b, f = res['best'], res['final']
+    rows.append(f"| {name} | {info['seed']} | {pct(b['natural_acc'])} | {pct(f['natural_acc'])} | "
+                f"{pct(b['pgd20_acc'])} ({b['epoch']}) | {pct(f['pgd20_acc'])} | "
+                f"{pct(b['pgd20_acc'] - f['pgd20_acc'])} | {pct(fit)} | {info['wall_s']} |")
+  return rows
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--studies_out', default=os.path.join(ROOT, 'studies_out'))
+  p.add_argument('--docs', default=os.path.join(ROOT, 'docs'))
+  args = p.parse_args()
+  out = ['# Results measured with this code', '',
+         'Every table below is written by `python studies/write_results.py` from the outputs '
+         'of the study scripts in `studies/`; the figures are theirs. Accuracies in percent on '
+         'the packaged MNIST test split (1,000 digits), PGD-20 at the config\'s eps (0.1); '
+         '"best" is the epoch with the highest test PGD-20 accuracy, "final" the last epoch, '
+         '"diff" best minus final.', '']
+  found = [s for s in ORDER if os.path.exists(os.path.join(args.studies_out, s, 'summary.json'))]
+  for study in found:
+    d = os.path.join(args.studies_out, study)
+    summary = json.load(open(os.path.join(d, 'summary.json')))
+    out += [f"## {summary['title'].capitalize()}", '',
+            f"Command: `python {summary['command']}`; machine: {summary['machine']}; "
+            f"wall time {summary['wall_s'] / 60:.1f} min for {len(summary['runs'])} runs.", '']
+    out += run_rows(d, summary) + ['']
+    fig_dir = os.path.join(args.docs, 'figures', study)
+    os.makedirs(fig_dir, exist_ok=True)
+    for png in sorted(glob.glob(os.path.join(d, '**', '*.png'), recursive=True)):
+      rel = os.path.relpath(png, d).replace(os.sep, '_')
+      shutil.copy(png, os.path.join(fig_dir, rel))
+      out.append(f'![{rel}](figures/{study}/{rel})')
+    out.append('')
+    reading = os.path.join(ROOT, 'studies', 'readings', f'{study}.md')
+    if os.path.exists(reading):
+      out += ['**Reading.** ' + open(reading).read().strip(), '']
+  missing = [s for s in ORDER if s not in found]
+  if missing:
+    out += ['## Not run yet', '', 'These studies have scripts but no measured outputs in this '
+            'file yet: ' + ', '.join(f'`studies/{s}.py`' for s in missing) + '.', '']
+  os.makedirs(args.docs, exist_ok=True)
+  with open(os.path.join(args.docs, 'RESULTS.md'), 'w') as f:
+    f.write('\n'.join(out))
+  print(os.path.join(args.docs, 'RESULTS.md'))
+
+
+if __name__ == '__main__':
+  main()
