@@ -137,6 +137,9 @@ def evaluate(config, workdir: str, progress: bool = True) -> dict:
   results = {}
   for kind in ('best', 'final'):
     st, epoch = restore_for_eval(s, workdir, kind)
+    if kind == 'final' and results['best']['epoch'] == int(epoch):
+      results[kind] = dict(results['best'])  # the same checkpoint: evaluated once
+      continue
     r = evaluate_state(s, st, suite, transfer_setup, progress)
     r['epoch'] = int(epoch)
     results[kind] = r
