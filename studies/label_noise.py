@@ -1,8 +1,9 @@
 """Study 2: symmetric label noise 0, 0.2, 0.4, 0.6; hard labels (PGD-AT) vs SGLR
-(paper Tab. B.2, Fig. 4) on the packaged MNIST, wider CNN, 40 epochs. Noise 0.4 is run
+(paper Tab. B.2, Fig. 4) on the packaged MNIST, small CNN with a 1024-unit dense layer,
+30 epochs (configs/mnist_noisy_*.py). Noise 0.4 is run
 with two seeds (model/data-order seed 0 and 1; the noisy labels stay those of noise
-seed 0). About 16 x 11 minutes on 2 CPU cores; ``--rates 0.4`` runs the headline
-setting alone (4 runs).
+seed 0). About 10 runs x 6 minutes on 2 idle CPU cores; ``--rates 0.4`` runs the
+headline setting alone (4 runs).
 
   python studies/label_noise.py [--rates 0,0.2,0.4,0.6] [--out DIR] [--mini]
 """
