@@ -66,6 +66,7 @@ def get_config():
   c.train.epochs = 200  # training epochs
   c.train.batch_size = 128  # global batch size (split over devices and processes)
   c.train.halt_after_epoch = 0  # stop (checkpointed, resumable) after this epoch (0 = never)
+  c.train.checkpoint_every_steps = 0  # also save latest every N steps inside an epoch (0 = epoch ends and SIGTERM only)
   c.train.train_fit_every_epochs = 1  # clean-label / noisy-label fit on the train set (0 = never)
 
   c.optim = ml_collections.ConfigDict()

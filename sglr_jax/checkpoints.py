@@ -1,106 +1,243 @@
 """Orbax checkpoints of the full train state: ``latest`` (resume), ``best``, ``final``.
 
-Each is its own ``CheckpointManager`` under ``WORKDIR/checkpoints/``, keyed by the
-number of completed epochs. ``latest`` keeps two so that a damaged newest one can
-fall back to the one before. Restoring reads the label table at its saved shape
-and pads or trims it to the current device count, so a checkpoint written on 4
-devices restores on 1 or 2.
+Layout: ``WORKDIR/checkpoints/<kind>/<key>/{state,progress}``. ``best`` and
+``final`` are keyed by the number of completed epochs, ``latest`` by the optimizer
+step (``state.step``), so that a mid-epoch checkpoint (SIGTERM,
+``train.checkpoint_every_steps``) and the epoch-end ones sort in training order.
+``state`` is the ``TrainState`` pytree (every process writes the shards it owns);
+``progress`` is a small JSON written by process 0: the running epoch, the steps
+done in it and their metric sums, so that a resumed epoch logs the same numbers.
+
+Each save goes through ``ocp.Checkpointer`` (not ``CheckpointManager``: the
+manager calls ``reached_preemption_sync_point`` with its own keys, which would
+derail JAX's multi-process preemption protocol that the train loop drives with
+the step count). The checkpointer writes into a temporary directory and renames
+it when every process is done, so a run killed at any moment leaves complete
+checkpoints plus possibly a temporary directory, which is ignored and removed.
+``latest`` keeps two (the newest and the one before). A checkpoint that exists
+but fails to read (truncated or missing files, no commit marker) is skipped with
+a warning and moved to ``checkpoints/corrupt/`` (kept for inspection, out of the
+way of later saves); the one before it is used. A readable checkpoint whose
+arrays do not fit the current config (another model, say) is an error, not a
+fallback: nothing is moved.
+
+Topology: the label table is restored into the current row count and sharding
+(Orbax appends zero rows or drops rows beyond the dataset, which are never read),
+so a checkpoint written on 4 devices restores on 1 or 2, replicated or sharded,
+each process reading only the rows it holds.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import shutil
+import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from sglr_jax import parallel
 
 KINDS = ('latest', 'best', 'final')
+KEEP = {'latest': 2, 'best': 1, 'final': 1}
+TABLE_KEY = ('label_table',)
+COMMIT_FILE = 'commit_success.txt'
+_barrier_ids = itertools.count()
 
 
 class NoCheckpointError(FileNotFoundError):
   pass
 
 
-def _manager(workdir: str, kind: str, create: bool = True) -> ocp.CheckpointManager:
-  path = os.path.abspath(os.path.join(workdir, 'checkpoints', kind))
-  keep = 2 if kind == 'latest' else 1
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=create, enable_async_checkpointing=False,
-      cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(path, options=options)
+class IncompatibleCheckpointError(ValueError):
+  """A readable checkpoint whose arrays do not match the config's state."""
 
 
-def save(workdir: str, kind: str, state, epoch: int):
-  """Saves ``state`` (all processes take part; Orbax writes each shard once)."""
-  mngr = _manager(workdir, kind)
-  mngr.save(epoch, args=ocp.args.StandardSave(state), force=True)
-  mngr.wait_until_finished()
-  mngr.close()
+def _path(workdir: str, kind: str) -> str:
+  return os.path.abspath(os.path.join(workdir, 'checkpoints', kind))
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _sync(name: str):
+  """All processes wait here (coordination-service barrier; no-op on one process)."""
+  parallel.sync_processes(f'sglr_ckpt_{name}_{next(_barrier_ids)}')
+
+
+def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = None):
+  """Saves ``state`` (and the JSON-able ``progress``) as checkpoint ``step`` of ``kind``,
+  then drops the oldest beyond the kind's ``KEEP``.
+
+  All processes must call it: each writes the shards it owns. A checkpoint already
+  at ``step`` (left by a run that fell back to an earlier one) is replaced.
+  """
+  root = _path(workdir, kind)
+  if jax.process_index() == 0:
+    os.makedirs(root, exist_ok=True)
+  _sync(f'save_start_{kind}_{step}')
+  items = {'state': ocp.args.PyTreeSave(state)}
+  if progress is not None:
+    items['progress'] = ocp.args.JsonSave(progress)
+  ckptr = _checkpointer()
+  try:
+    ckptr.save(epath.Path(root) / str(step), args=ocp.args.Composite(**items), force=True)
+  finally:
+    ckptr.close()
+  if jax.process_index() == 0:
+    # Keep this one and the newest KEEP - 1 before it; keys after it belong to a
+    # timeline that was abandoned (a resume from an earlier checkpoint).
+    older = [s for s in _steps(root) if s < step]
+    keep = set(older[len(older) - (KEEP[kind] - 1):] if KEEP[kind] > 1 else []) | {step}
+    for old in _steps(root):
+      if old not in keep:
+        shutil.rmtree(os.path.join(root, str(old)), ignore_errors=True)
+  _sync(f'save_end_{kind}_{step}')
+
+
+def _steps(root: str) -> list[int]:
+  """Step directories (digits only: Orbax's temporary directories are not steps)."""
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(n) for n in os.listdir(root)
+                if n.isdigit() and os.path.isdir(os.path.join(root, n)))
 
 
 def available(workdir: str, kind: str) -> list[int]:
-  path = os.path.join(workdir, 'checkpoints', kind)
-  if not os.path.isdir(path):
-    return []
-  mngr = _manager(workdir, kind, create=False)
-  steps = list(mngr.all_steps())
-  mngr.close()
-  return sorted(steps)
+  """The checkpoint keys of ``kind``, oldest first (whether readable is not checked)."""
+  return _steps(_path(workdir, kind))
 
 
-def restore(workdir: str, kind: str, target, shardings=None) -> Optional[tuple]:
-  """Restores the newest readable checkpoint of ``kind`` into the structure of
-  ``target``. Returns ``(state, epoch)`` or None when there is none. A checkpoint
-  that fails to read is skipped with a warning and the one before is tried."""
-  steps = available(workdir, kind)
+def read_progress(workdir: str, kind: str, step: int) -> Optional[dict]:
+  """The ``progress`` item of one checkpoint (None if it has none)."""
+  path = epath.Path(_path(workdir, kind)) / str(step) / 'progress'
+  if not path.exists():
+    return None
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)
+
+
+def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool = False):
+  """Restores the newest readable checkpoint of ``kind`` into the structure of ``target``.
+
+  ``shardings``: the state's shardings (default: those of ``target``'s arrays).
+  Returns ``(state, key)``, or ``(state, key, progress)`` with ``with_progress``
+  (``progress`` is None for a checkpoint without one), or None when there is none.
+  Leftover temporary directories of interrupted saves are removed. An unreadable
+  checkpoint is skipped with a warning and set aside; a readable one that does
+  not fit ``target`` raises ``IncompatibleCheckpointError``.
+  """
+  root = _path(workdir, kind)
+  _remove_temporaries(root)
+  steps = _steps(root)
   if not steps:
     return None
-  mngr = _manager(workdir, kind, create=False)
+  if shardings is None:
+    shardings = jax.tree.map(lambda x: x.sharding, target)
+  for step in reversed(steps):
+    error, got = None, None
+    try:
+      got = _restore_step(os.path.join(root, str(step)), target, shardings)
+    except IncompatibleCheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+    if _all_processes_ok(error is None):
+      state, progress = got
+      return (state, step, progress) if with_progress else (state, step)
+    reason = (f'{type(error).__name__}: {str(error).splitlines()[0][:200]}' if error is not None
+              else 'unreadable on another process')
+    logging.warning('checkpoint %s/%d is unreadable (%s); setting it aside and trying an '
+                    'earlier one', kind, step, reason)
+    _set_aside(workdir, kind, step)
+  return None
+
+
+def _restore_step(path: str, target, shardings):
+  """``(state, progress)`` of one checkpoint directory; raises if it is damaged."""
+  if not os.path.exists(os.path.join(path, COMMIT_FILE)):
+    raise FileNotFoundError(f'{COMMIT_FILE} is missing: the save did not complete')
+  # 'default': the single-item layout of checkpoints written before 'progress' existed
+  item = 'default' if not os.path.isdir(os.path.join(path, 'state')) and os.path.isdir(
+      os.path.join(path, 'default')) else 'state'
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path) / item)
+  _check_compatible(ocp.tree.to_flat_dict(getattr(meta, 'tree', meta)),
+                    ocp.tree.to_flat_dict(target))
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+  table = abstract.label_table
+  # Rows beyond the dataset are padding (never read): zeros appended or rows dropped
+  # when the device count changed. Every other array must match exactly.
+  restore_args = restore_args.replace(label_table=ocp.ArrayRestoreArgs(
+      sharding=table.sharding, global_shape=table.shape, dtype=table.dtype, strict=False))
+  items = {item: ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args)}
+  has_progress = os.path.isdir(os.path.join(path, 'progress'))
+  if has_progress:
+    items['progress'] = ocp.args.JsonRestore()
+  ckptr = _checkpointer()
   try:
-    for step in reversed(steps):
-      try:
-        state = _restore_step(mngr, step, target, shardings)
-        return state, step
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint %s/%d is unreadable (%s: %s); trying an earlier one',
-                        kind, step, type(e).__name__, str(e).splitlines()[0][:200])
-    return None
+    got = ckptr.restore(epath.Path(path), args=ocp.args.Composite(**items))
   finally:
-    mngr.close()
+    ckptr.close()
+  return got[item], (got['progress'] if has_progress else None)
 
 
-def _restore_step(mngr, step, target, shardings):
-  saved_rows = _saved_table_rows(mngr, step)
-  rows = target.label_table.shape[0]
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  if shardings is not None:
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  if saved_rows is not None and saved_rows != rows:
-    k = target.label_table.shape[1]
-    rep = jax.sharding.SingleDeviceSharding(jax.devices()[0]) if jax.process_count() == 1 \
-        else None
-    abstract = abstract.replace(label_table=jax.ShapeDtypeStruct(
-        (saved_rows, k), target.label_table.dtype, sharding=rep))
-  state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  if saved_rows is not None and saved_rows != rows:
-    table = np.asarray(state.label_table)
-    table = table[:rows] if saved_rows > rows else np.pad(table, ((0, rows - saved_rows), (0, 0)))
-    table = jnp.asarray(table)
-    if shardings is not None:
-      table = jax.device_put(table, shardings.label_table)
-    state = state.replace(label_table=table)
-  return state
+def _check_compatible(saved: dict, wanted: dict):
+  """Same leaves and shapes; the label table may differ in its (padded) row count."""
+  missing = sorted(set(wanted) - set(saved))
+  extra = sorted(set(saved) - set(wanted))
+  if missing or extra:
+    raise IncompatibleCheckpointError(
+        f'the checkpoint holds other arrays than this config builds (missing: '
+        f'{["/".join(k) for k in missing[:3]]}, unexpected: {["/".join(k) for k in extra[:3]]}); '
+        'was it written with another model or objective? Use a fresh --workdir')
+  for key, want in wanted.items():
+    got_shape, want_shape = tuple(saved[key].shape), tuple(np.shape(want))
+    if key == TABLE_KEY:
+      ok = len(got_shape) == 2 and got_shape[1] == want_shape[1]
+    else:
+      ok = got_shape == want_shape
+    if not ok:
+      raise IncompatibleCheckpointError(
+          f'checkpoint array {"/".join(key)} has shape {got_shape}, this config needs '
+          f'{want_shape}; was it written with another model, dataset or objective? '
+          'Use a fresh --workdir')
 
 
-def _saved_table_rows(mngr, step) -> Optional[int]:
-  try:
-    meta = mngr.item_metadata(step)
-    tree = getattr(meta, 'tree', meta)
-    entry = tree['label_table'] if isinstance(tree, dict) else tree.label_table
-    return int(entry.shape[0])
-  except Exception:  # pylint: disable=broad-except
-    return None
+def _all_processes_ok(ok: bool) -> bool:
+  """True when ``ok`` on every process, so that all take the same branch."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))
+  return bool(np.all(np.asarray(flags)))
+
+
+def _remove_temporaries(root: str):
+  """Process 0 removes what interrupted saves left (names that are not step numbers)."""
+  if jax.process_index() == 0 and os.path.isdir(root):
+    for name in os.listdir(root):
+      if not name.isdigit() and '.orbax-checkpoint-tmp' in name:
+        logging.warning('removing %s, left by an interrupted save', os.path.join(root, name))
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+  _sync(f'tmp_{os.path.basename(root)}')
+
+
+def _set_aside(workdir: str, kind: str, step: int):
+  """Moves a damaged checkpoint to ``checkpoints/corrupt/`` (process 0; all wait)."""
+  if jax.process_index() == 0:
+    src = os.path.join(_path(workdir, kind), str(step))
+    dst_dir = os.path.join(os.path.dirname(_path(workdir, kind)), 'corrupt')
+    os.makedirs(dst_dir, exist_ok=True)
+    dst = os.path.join(dst_dir, f'{kind}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    try:
+      shutil.move(src, dst)
+      logging.warning('moved the damaged checkpoint to %s', dst)
+    except OSError as e:
+      logging.warning('could not move %s aside (%s)', src, e)
+  _sync(f'aside_{kind}_{step}')

@@ -59,6 +59,9 @@ def validate(config) -> None:
   _positive('train.epochs', config.train.epochs)
   _positive('train.batch_size', config.train.batch_size)
   _positive('eval.batch_size', config.eval.batch_size)
+  if config.train.get('checkpoint_every_steps', 0) < 0:
+    raise ConfigError(f'train.checkpoint_every_steps={config.train.checkpoint_every_steps!r} '
+                      'must be >= 0 (0 = only at epoch ends and on SIGTERM)')
   if s.enabled and not 0 <= s.start_epoch < config.train.epochs:
     raise ConfigError(f'sglr.start_epoch={s.start_epoch!r} must lie in [0, train.epochs - 1 = '
                       f'{config.train.epochs - 1}] (0-based index of the first refined epoch)')

@@ -69,30 +69,65 @@ def to_global(batch: dict, mesh: Mesh) -> dict:
           for k, v in batch.items()}
 
 
+def sync_processes(name: str, timeout_s: float = 1800):
+  """All processes wait here (a coordination-service barrier, no device collective).
+
+  Called before the first cross-process collective: on CPU, gloo gives processes
+  only 30 s to meet when it first connects a group of devices, and loading data or
+  compiling can put them further apart than that on a busy host.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is None:  # processes without jax.distributed (not expected): a device barrier
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+  else:
+    client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
+
+
+def _cluster_detected() -> str:
+  """Which multi-process launcher set this environment ('' = none): ``srun`` with
+  more than one task, or a Cloud TPU pod slice with more than one host."""
+  env = os.environ
+  slurm = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID')
+  if all(v in env for v in slurm) and int(env['SLURM_NTASKS'] or 1) > 1:
+    return 'slurm'
+  hosts = [h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]
+  if len(hosts) > 1:
+    return 'tpu'
+  return ''
+
+
 def maybe_initialize_distributed(dist_config) -> bool:
   """Calls ``jax.distributed.initialize`` when the config or the environment asks.
 
   ``distributed.enabled``: 'auto' initialises when a coordinator address is given
-  (config or ``JAX_COORDINATOR_ADDRESS``) or a cluster is detected by JAX (SLURM,
-  TPU pods); 'true' always; 'false' never.
+  (config or ``JAX_COORDINATOR_ADDRESS``), under ``srun`` with several tasks, or
+  on a multi-host TPU pod slice, leaving the rest (address, process count and id)
+  to JAX's cluster detection unless the config sets them; 'true' always calls it
+  (any cluster JAX detects: SLURM, Open MPI, Kubernetes, TPU); 'false' never.
+  A single process (workstation, one-task SLURM job) needs none of it.
   """
   mode = str(dist_config.enabled).lower()
   if mode not in ('auto', 'true', 'false'):
     raise ValueError(f"distributed.enabled={dist_config.enabled!r}; allowed: auto, true, false")
   if mode == 'false':
     return False
+  if jax.distributed.is_initialized():  # e.g. a second in-process run
+    return True
   kwargs = {}
   if dist_config.coordinator_address:
     kwargs['coordinator_address'] = dist_config.coordinator_address
   if dist_config.num_processes:
-    kwargs['num_processes'] = dist_config.num_processes
+    kwargs['num_processes'] = int(dist_config.num_processes)
   if dist_config.process_id >= 0:
-    kwargs['process_id'] = dist_config.process_id
+    kwargs['process_id'] = int(dist_config.process_id)
   if dist_config.local_device_ids:
     kwargs['local_device_ids'] = [int(i) for i in str(dist_config.local_device_ids).split(',')]
-  in_cluster = bool(kwargs.get('coordinator_address') or os.environ.get('JAX_COORDINATOR_ADDRESS')
-                    or os.environ.get('SLURM_JOB_ID') or os.environ.get('TPU_WORKER_HOSTNAMES'))
-  if mode == 'auto' and not in_cluster:
+  asked = bool(kwargs.get('coordinator_address') or os.environ.get('JAX_COORDINATOR_ADDRESS'))
+  if mode == 'auto' and not (asked or _cluster_detected()):
     return False
   # CPU collectives across processes (tests, CPU clusters); GPU/TPU are unaffected.
   # The backend must not be touched before initialize(), so no backend check here.

@@ -5,11 +5,16 @@ of the training labels (memorisation under label noise), one line of
 ``history.jsonl``, then the ``latest`` checkpoint (and ``best`` when the test PGD-20
 accuracy improved). The last epoch is also saved as ``final``. Re-running on a
 workdir resumes from the newest readable ``latest`` checkpoint.
+
+SIGTERM (preemption) saves ``latest`` at the next step boundary, mid-epoch, with
+the unfinished epoch's per-step metric sums, and returns; the resumed run starts
+inside that epoch (``state.step`` says where) and logs the same history as an
+uninterrupted one. ``train.checkpoint_every_steps`` (if set) also saves ``latest``
+every that many steps, for crashes. See the README, "Several GPUs, a TPU pod, SLURM".
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -187,6 +192,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> list[dict
   is_main = jax.process_index() == 0
   c = config
   spe = s.steps_per_epoch
+  parallel.sync_processes('sglr_train_start')
   st = initial_state(s)
   shardings = parallel.state_shardings(st, s.mesh, s.step_config.table_layout)
   st, partial_sums, partial_time = _resume(workdir, st, shardings, spe)
