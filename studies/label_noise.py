@@ -5,7 +5,9 @@ with two seeds (model/data-order seed 0 and 1; the noisy labels stay those of no
 seed 0). About 10 runs x 6 minutes on 2 idle CPU cores; ``--rates 0.4`` runs the
 headline setting alone (4 runs).
 
-  python studies/label_noise.py [--rates 0,0.2,0.4,0.6] [--out DIR] [--mini]
+  python studies/label_noise.py [--rates 0,0.2,0.4,0.6] [--seeds 0,1] [--out DIR] [--mini]
+
+``--seeds`` sets the seeds of the noise-0.4 runs (default 0,1; other rates use seed 0).
 """
 import sys
 
@@ -18,12 +20,17 @@ def main():
     i = sys.argv.index('--rates')
     rates = [float(r) for r in sys.argv[i + 1].split(',')]
     del sys.argv[i:i + 2]
+  seeds_04 = (0, 1)
+  if '--seeds' in sys.argv:
+    i = sys.argv.index('--seeds')
+    seeds_04 = tuple(int(s) for s in sys.argv[i + 1].split(','))
+    del sys.argv[i:i + 2]
   args = parse_args(__doc__, 'label_noise')
   if args.mini:
     rates = [0.4]
   runs, groups = [], {}
   for r in rates:
-    seeds = (0, 1) if r == 0.4 and not args.mini else (0,)
+    seeds = seeds_04 if r == 0.4 and not args.mini else (0,)
     for seed in seeds:
       for method, module in (('PGD-AT', 'mnist_noisy_at'), ('SGLR', 'mnist_noisy_sglr')):
         name = f'{method} noise {r:g} seed {seed}'

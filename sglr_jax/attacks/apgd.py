@@ -1,0 +1,359 @@
+"""Auto-PGD (Croce and Hein, 2020): APGD-CE, APGD-DLR and APGD-T, Linf and L2.
+
+A JAX port of the reference schedule (``fra31/auto-attack``): initial step ``2 eps``,
+momentum 0.75, step-size checkpoints after 22, 41, 57, 70, 80, 87, 93 and 99 of 100
+iterations, halving on oscillation (``rho = 0.75``) or on a stalled best loss, restart
+from the best point, and the last misclassified point as the adversarial example.
+
+Every function is pure and jittable with ``logits_fn`` static; loops are ``lax`` loops
+so the attack compiles once per batch shape. Randomness is drawn per example from
+``fold_in(key, example_id)``, so a point's attack does not depend on which other points
+share its batch (the reference draws one stream per batch; the per-point distribution
+is the same).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sglr_jax.attacks import losses
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+NORMS = ('Linf', 'L2')
+
+
+# ----------------------------------------------------------------------------- helpers
+# (shared with fab.py, square.py)
+
+def example_keys(key, batch_size: int, example_ids=None):
+  """One PRNG key per example: ``fold_in(key, id)``; ids default to ``arange(B)``."""
+  if example_ids is None:
+    example_ids = jnp.arange(batch_size, dtype=jnp.int32)
+  return jax.vmap(jax.random.fold_in, (None, 0))(key, example_ids)  # [B, ...key]
+
+
+def fold_keys(keys, data):
+  """``fold_in`` every per-example key with the same (possibly traced) integer."""
+  return jax.vmap(jax.random.fold_in, (0, None))(keys, data)
+
+
+def per_example(v, x):
+  """Reshapes ``v [B]`` to broadcast against ``x [B, ...]``."""
+  return v.reshape(v.shape + (1,) * (x.ndim - 1))
+
+
+def linf_norm(v):
+  return jnp.max(jnp.abs(v.reshape(v.shape[0], -1)), axis=-1)  # [B]
+
+
+def l2_norm(v):
+  return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=-1))  # [B]
+
+
+def normalize(v, norm: str):
+  """``v / (||v|| + 1e-12)`` per example, as the reference does."""
+  n = linf_norm(v) if norm == 'Linf' else l2_norm(v)
+  return v / per_example(n + 1e-12, v)
+
+
+def predict(logits_fn: LogitsFn, x):
+  return jnp.argmax(logits_fn(x), axis=-1)  # [B]
+
+
+# ------------------------------------------------------------------ step-size schedule
+
+def checkpoint_schedule(n_iter: int) -> list[tuple[int, int]]:
+  """``[(iterations done, window length k), ...]`` at each step-size checkpoint.
+
+  The reference's ``p_j``: first window ``max(int(0.22 n), 1)``, each next one
+  ``max(int(0.03 n), 1)`` shorter, never below ``max(int(0.06 n), 1)``.
+  """
+  k = max(int(0.22 * n_iter), 1)
+  k_min = max(int(0.06 * n_iter), 1)
+  decr = max(int(0.03 * n_iter), 1)
+  out, done = [], 0
+  while done + k <= n_iter:
+    done += k
+    out.append((done, k))
+    k = max(k - decr, k_min)
+  return out
+
+
+def checkpoints(n_iter: int) -> list[int]:
+  """Iteration counts after which the step size is checked: [22, 41, ..., 99] for 100."""
+  return [c for c, _ in checkpoint_schedule(n_iter)]
+
+
+class StepControl(NamedTuple):
+  """Per-example state of APGD's step-size rule (all ``[B]`` but ``loss_steps``)."""
+  step_size: jax.Array
+  loss_steps: jax.Array            # [n_iter, B], zero until written (the reference's buffer)
+  loss_best: jax.Array
+  loss_best_last_check: jax.Array
+  reduced_last_check: jax.Array    # bool
+
+
+def init_step_control(loss0, eps, n_iter: int, alpha: float = 2.0) -> StepControl:
+  """State after the evaluation at the starting point (loss ``[B]``)."""
+  b = loss0.shape[0]
+  return StepControl(
+      step_size=jnp.full((b,), alpha, jnp.float32) * eps,
+      loss_steps=jnp.zeros((n_iter, b), jnp.float32),
+      loss_best=loss0,
+      loss_best_last_check=loss0,
+      reduced_last_check=jnp.ones((b,), bool))
+
+
+def oscillation(loss_steps, i, k, rho: float):
+  """True where at most ``rho * k`` of the last ``k`` steps (ending at ``i``) increased the loss.
+
+  Step ``j`` compares ``loss_steps[j]`` with ``loss_steps[j - 1]``; like the reference the
+  index wraps, so the first window compares the first loss with the (still zero) last row.
+  """
+  n = loss_steps.shape[0]
+  increased = loss_steps > jnp.roll(loss_steps, 1, axis=0)         # [n, B]
+  j = jnp.arange(n)[:, None]
+  window = (j > i - k) & (j <= i)
+  count = jnp.sum(increased & window, axis=0).astype(jnp.float32)  # [B]
+  return count <= jnp.asarray(k, jnp.float32) * jnp.float32(rho)
+
+
+def step_control_update(ctrl: StepControl, loss, i, *, rho: float = 0.75):
+  """Records the loss of (0-based) iteration ``i``; at a checkpoint decides the halving.
+
+  Returns ``(ctrl, improved, reduce)``: ``improved`` marks a new best loss (the caller
+  moves its best point there), ``reduce`` marks the examples whose step was halved (the
+  caller restarts them from their best point). Pure, so it is tested on scripted traces.
+  """
+  n_iter = ctrl.loss_steps.shape[0]
+  sched = checkpoint_schedule(n_iter)
+  is_check_tab = np.zeros(n_iter, bool)
+  k_tab = np.ones(n_iter, np.int32)
+  for done, k in sched:
+    is_check_tab[done - 1] = True
+    k_tab[done - 1] = k
+  is_check = jnp.asarray(is_check_tab)[i]
+  k = jnp.asarray(k_tab)[i]
+
+  loss_steps = ctrl.loss_steps.at[i].set(loss)
+  improved = loss > ctrl.loss_best
+  loss_best = jnp.where(improved, loss, ctrl.loss_best)
+  no_improvement = ~ctrl.reduced_last_check & (ctrl.loss_best_last_check >= loss_best)
+  reduce_here = oscillation(loss_steps, i, k, rho) | no_improvement
+  reduce = is_check & reduce_here
+  ctrl = StepControl(
+      step_size=jnp.where(reduce, ctrl.step_size / 2.0, ctrl.step_size),
+      loss_steps=loss_steps,
+      loss_best=loss_best,
+      loss_best_last_check=jnp.where(is_check, loss_best, ctrl.loss_best_last_check),
+      reduced_last_check=jnp.where(is_check, reduce_here, ctrl.reduced_last_check))
+  return ctrl, improved, reduce
+
+
+def step_size_trace(loss0, loss_trace, eps: float = 1.0, rho: float = 0.75):
+  """Runs the step-size rule on a scripted loss trace (``loss0 [B]``, ``loss_trace [n, B]``).
+
+  Returns ``(step_sizes [n, B], reduced [n, B])`` after each iteration. The attack uses the
+  same ``step_control_update``; this exists so the rule can be checked in isolation.
+  """
+  loss_trace = jnp.asarray(loss_trace, jnp.float32)
+  ctrl = init_step_control(jnp.asarray(loss0, jnp.float32), eps, loss_trace.shape[0])
+
+  def body(c, inp):
+    i, loss = inp
+    c, _, reduce = step_control_update(c, loss, i, rho=rho)
+    return c, (c.step_size, reduce)
+
+  _, (steps, reduced) = jax.lax.scan(
+      body, ctrl, (jnp.arange(loss_trace.shape[0]), loss_trace))
+  return steps, reduced
+
+
+# ------------------------------------------------------------------------ attack parts
+
+def project(x_adv, x, eps, norm: str):
+  """Onto the eps-ball around ``x`` (Linf: clip; L2: rescale) and then into [0, 1]."""
+  if norm == 'Linf':
+    return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
+  d = x_adv - x
+  scale = jnp.minimum(eps, l2_norm(d))
+  return jnp.clip(x + normalize(d, 'L2') * per_example(scale, x), 0.0, 1.0)
+
+
+def random_start(keys, x, eps, norm: str):
+  """The reference's start: Linf ``eps * u / max|u|`` (u uniform), L2 ``eps * g / ||g||``."""
+  shape = x.shape[1:]
+  if norm == 'Linf':
+    t = jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0))(keys)
+  else:
+    t = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+  return jnp.clip(x + eps * normalize(t, norm), 0.0, 1.0)
+
+
+def apgd_step(x_adv, x_adv_old, grad, x, step_size, eps, momentum, norm: str):
+  """Gradient step, projection, then momentum ``x + a (z - x) + (1 - a)(x - x_old)``."""
+  step = per_example(step_size, x)
+  if norm == 'Linf':
+    z = project(x_adv + step * jnp.sign(grad), x, eps, norm)
+  else:
+    z = project(x_adv + step * normalize(grad, 'L2'), x, eps, norm)
+  z = x_adv + (z - x_adv) * momentum + (x_adv - x_adv_old) * (1.0 - momentum)
+  return project(z, x, eps, norm)
+
+
+def _loss_grad_fn(logits_fn: LogitsFn, loss_fn):
+  """``x -> (loss [B], logits [B, K], d sum(loss) / dx)``."""
+  def total(x_):
+    logits = logits_fn(x_)
+    loss = loss_fn(logits)
+    return jnp.sum(loss), (loss, logits)
+
+  def fn(x_):
+    (_, (loss, logits)), g = jax.value_and_grad(total, has_aux=True)(x_)
+    return loss, logits, g
+  return fn
+
+
+def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: int,
+                    norm: str = 'Linf', rho: float = 0.75, active=None,
+                    early_stop: bool = False):
+  """One APGD run from a random start.
+
+  ``loss_fn(logits) -> [B]`` is maximised. Returns ``(x_best, robust, loss_best,
+  x_last_adv)`` like the reference: the highest-loss point, whether every iterate was
+  still classified ``y``, its loss, and the last misclassified iterate (the start where
+  none was). ``early_stop`` (not in the reference) ends the run once no point of
+  ``active`` is robust: the same verdicts, but earlier misclassified iterates.
+  """
+  loss_grad = _loss_grad_fn(logits_fn, loss_fn)
+  x_adv = random_start(keys, x, eps, norm)
+  loss, logits, grad = loss_grad(x_adv)
+  robust = jnp.argmax(logits, -1) == y
+  ctrl = init_step_control(loss, eps, n_iter)
+
+  def body(i, s):
+    x_adv, x_adv_old, grad, x_best, grad_best, x_last_adv, robust, ctrl = s
+    momentum = jnp.where(i > 0, 0.75, 1.0)
+    x_new = apgd_step(x_adv, x_adv_old, grad, x, ctrl.step_size, eps, momentum, norm)
+    loss, logits, g = loss_grad(x_new)
+    correct = jnp.argmax(logits, -1) == y
+    robust = robust & correct
+    x_last_adv = jnp.where(per_example(~correct, x), x_new, x_last_adv)
+    ctrl, improved, reduce = step_control_update(ctrl, loss, i, rho=rho)
+    x_best = jnp.where(per_example(improved, x), x_new, x_best)
+    grad_best = jnp.where(per_example(improved, x), g, grad_best)
+    x_next = jnp.where(per_example(reduce, x), x_best, x_new)
+    g_next = jnp.where(per_example(reduce, x), grad_best, g)
+    return x_next, x_adv, g_next, x_best, grad_best, x_last_adv, robust, ctrl
+
+  def cond(s):
+    i, robust = s[0], s[7]
+    if not early_stop:
+      return i < n_iter
+    return (i < n_iter) & jnp.any(robust if active is None else robust & active)
+
+  init = (x_adv, x_adv, grad, x_adv, grad, x_adv, robust, ctrl)
+  s = jax.lax.while_loop(cond, lambda s: (s[0] + 1,) + body(s[0], s[1:]),
+                         (jnp.int32(0),) + init)
+  _, _, _, _, x_best, _, x_last_adv, robust, ctrl = s
+  return x_best, robust, ctrl.loss_best, x_last_adv
+
+
+def _run_until_fooled(x, robust0, n_runs: int, run):
+  """Calls ``run(r, robust) -> (x_candidate, robust)`` for ``r < n_runs`` while a point is robust.
+
+  A point fooled by run ``r`` keeps run ``r``'s candidate (later runs never touch it);
+  robust points keep ``x``. Returns ``(x_adv, robust)``.
+  """
+  def cond(s):
+    r, _, robust = s
+    return (r < n_runs) & jnp.any(robust)
+
+  def body(s):
+    r, x_adv, robust = s
+    cand, robust_r = run(r, robust)
+    fooled = robust & ~robust_r
+    x_adv = jnp.where(per_example(fooled, x), cand, x_adv)
+    return r + 1, x_adv, robust & ~fooled
+
+  _, x_adv, robust = jax.lax.while_loop(cond, body, (jnp.int32(0), x, robust0))
+  return x_adv, robust
+
+
+def _initial(logits_fn, x, y, mask):
+  logits = logits_fn(x)
+  robust = jnp.argmax(logits, -1) == y
+  if mask is not None:
+    robust = robust & mask
+  return logits, robust
+
+
+def apgd_attack(logits_fn: LogitsFn, x, y, *, eps, key, norm: str = 'Linf',
+                loss: str = 'ce', n_iter: int = 100, n_restarts: int = 1,
+                rho: float = 0.75, mask=None, example_ids=None, early_stop: bool = False):
+  """Untargeted APGD (``loss`` 'ce' or 'dlr'): the reference's ``APGDAttack.perturb``.
+
+  Attacks the points classified correctly (and in ``mask`` when given); each restart
+  attacks those still robust. Returns ``x_adv`` (same shape as ``x``): the last
+  misclassified iterate where an attack succeeded, ``x`` itself elsewhere.
+  ``early_stop``: see ``apgd_single_run`` (off: the reference's behaviour).
+  """
+  if norm not in NORMS:
+    raise ValueError(f'norm={norm!r}; allowed: {NORMS}')
+  loss_fns = {'ce': losses.cross_entropy, 'dlr': losses.dlr}
+  if loss not in loss_fns:
+    raise ValueError(f'loss={loss!r}; allowed: {tuple(loss_fns)}')
+  _, robust0 = _initial(logits_fn, x, y, mask)
+  keys = example_keys(key, x.shape[0], example_ids)
+  loss_fn = lambda logits: loss_fns[loss](logits, y)
+
+  def run(r, active):
+    _, robust, _, x_last_adv = apgd_single_run(
+        logits_fn, loss_fn, x, y, fold_keys(keys, r), eps=eps, n_iter=n_iter,
+        norm=norm, rho=rho, active=active, early_stop=early_stop)
+    return x_last_adv, robust
+
+  x_adv, _ = _run_until_fooled(x, robust0, n_restarts, run)
+  return x_adv
+
+
+def target_labels(clean_logits, rank):
+  """The class ranked ``rank`` (2 = runner-up) by the clean logits: ``argsort[:, -rank]``."""
+  k = clean_logits.shape[-1]
+  order = jnp.argsort(clean_logits, axis=-1)  # ascending
+  idx = jnp.full((clean_logits.shape[0], 1), k - rank, jnp.int32)
+  return jnp.take_along_axis(order, idx, axis=-1)[:, 0]
+
+
+def apgd_targeted_attack(logits_fn: LogitsFn, x, y, *, eps, key, norm: str = 'Linf',
+                         n_iter: int = 100, n_restarts: int = 1,
+                         n_target_classes: int = 9, rho: float = 0.75, mask=None,
+                         example_ids=None, early_stop: bool = False):
+  """APGD-T: APGD on the targeted DLR loss, targets ranked 2..n_target_classes+1.
+
+  The reference's ``APGDAttack_targeted.perturb``: for each target rank, each restart
+  attacks the points still robust. Returns ``x_adv`` like ``apgd_attack``.
+  """
+  if norm not in NORMS:
+    raise ValueError(f'norm={norm!r}; allowed: {NORMS}')
+  clean_logits, robust0 = _initial(logits_fn, x, y, mask)
+  k = clean_logits.shape[-1]
+  if k < 4 or n_target_classes > k - 1:
+    raise ValueError(f'targeted DLR needs >= 4 classes and n_target_classes <= {k - 1}; '
+                     f'got {k} classes, n_target_classes={n_target_classes}')
+  keys = example_keys(key, x.shape[0], example_ids)
+
+  def run(r, active):
+    target = target_labels(clean_logits, 2 + r // n_restarts)
+    loss_fn = lambda logits: losses.targeted_dlr(logits, y, target)
+    _, robust, _, x_last_adv = apgd_single_run(
+        logits_fn, loss_fn, x, y, fold_keys(keys, r), eps=eps, n_iter=n_iter,
+        norm=norm, rho=rho, active=active, early_stop=early_stop)
+    return x_last_adv, robust
+
+  x_adv, _ = _run_until_fooled(x, robust0, n_target_classes * n_restarts, run)
+  return x_adv

@@ -1,0 +1,123 @@
+"""Square Attack (Andriushchenko et al., 2020), Linf, score-based: as AutoAttack runs it.
+
+A JAX port of the reference's ``SquareAttack`` (Linf, margin loss): start from vertical
+stripes of +-eps, then per query paint one random square (side from the ``p`` schedule)
+with a random +-2 eps per channel, project, and keep it if the margin dropped or the
+point became misclassified. Queries stop once every point is misclassified.
+
+Deviation: the reference draws one square position and one sign vector per iteration
+for the whole batch; here each example draws its own (from ``fold_in(key, id)``), which
+leaves every point's distribution of proposals unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sglr_jax.attacks import losses
+from sglr_jax.attacks.apgd import (LogitsFn, _initial, _run_until_fooled, example_keys,
+                                   fold_keys, per_example)
+
+
+def p_selection(it: int, n_queries: int = 5000, p_init: float = 0.8,
+                rescale_schedule: bool = False) -> float:
+  """Fraction of pixels the square covers at query ``it`` (the reference's schedule).
+
+  AutoAttack runs with ``rescale_schedule=False``: halvings after 10, 50, 200, 500,
+  1000, 2000, 4000, 6000 and 8000 queries.
+  """
+  if rescale_schedule:
+    it = int(it / n_queries * 10000)
+  bounds = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+  halvings = sum(it > b for b in bounds)
+  return p_init / 2**halvings if halvings else p_init
+
+
+def square_sizes(height: int, width: int, n_queries: int = 5000, p_init: float = 0.8,
+                 rescale_schedule: bool = False) -> np.ndarray:
+  """Side of the square at every query ``[n_queries]``: ``round(sqrt(p h w))``, in [1, min(h, w)].
+
+  Python's ``round`` (half to even), as in the reference.
+  """
+  sizes = []
+  for it in range(n_queries):
+    p = p_selection(it, n_queries, p_init, rescale_schedule)
+    s = max(int(round(math.sqrt(p * height * width))), 1)
+    sizes.append(min(s, min(height, width)))
+  return np.asarray(sizes, np.int32)
+
+
+def _margin(logits_fn, x, y):
+  """True logit minus the largest other (> 0: still correct): the reference's margin loss."""
+  return -losses.margin(logits_fn(x), y)
+
+
+def square_single_run(logits_fn: LogitsFn, x, y, keys, active, *, eps,
+                      n_queries: int = 5000, p_init: float = 0.8,
+                      rescale_schedule: bool = False):
+  """One Square run on the points in ``active``; returns the best point per example."""
+  b, h, w, c = x.shape
+  sizes = jnp.asarray(square_sizes(h, w, n_queries, p_init, rescale_schedule))
+
+  k_init = fold_keys(keys, n_queries)  # queries use 0 .. n_queries - 1
+  stripes = jax.vmap(lambda k: jax.random.rademacher(k, (1, w, c), jnp.float32))(k_init)
+  x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
+  margin_min = _margin(logits_fn, x_best, y)
+  loss_min = margin_min
+  rows = jnp.arange(h)[None, :, None, None]
+  cols = jnp.arange(w)[None, None, :, None]
+
+  def cond(s):
+    it, _, margin_min, _ = s
+    return (it < n_queries) & jnp.any(active & (margin_min > 0))
+
+  def body(s):
+    it, x_best, margin_min, loss_min = s
+    todo = active & (margin_min > 0)
+    size = sizes[it]
+    k3 = jax.vmap(lambda k: jax.random.split(k, 3))(fold_keys(keys, it))
+    span = (h - size).astype(jnp.float32)
+    vh = jnp.floor(span * jax.vmap(jax.random.uniform)(k3[:, 0])).astype(jnp.int32)
+    span = (w - size).astype(jnp.float32)
+    vw = jnp.floor(span * jax.vmap(jax.random.uniform)(k3[:, 1])).astype(jnp.int32)
+    sign = jax.vmap(lambda k: jax.random.rademacher(k, (1, 1, c), jnp.float32))(k3[:, 2])
+    vh, vw = per_example(vh, x), per_example(vw, x)
+    window = ((rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size))
+    x_new = x_best + window.astype(x.dtype) * (2.0 * eps) * sign
+    x_new = jnp.clip(jnp.clip(x_new, x - eps, x + eps), 0.0, 1.0)
+    margin = _margin(logits_fn, x_new, y)
+    loss = margin
+    improved = loss < loss_min
+    loss_min = jnp.where(todo & improved, loss, loss_min)
+    improved = (improved | (margin <= 0)) & todo
+    margin_min = jnp.where(improved, margin, margin_min)
+    x_best = jnp.where(per_example(improved, x), x_new, x_best)
+    return it + 1, x_best, margin_min, loss_min
+
+  _, x_best, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), x_best, margin_min, loss_min))
+  return x_best
+
+
+def square_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_queries: int = 5000,
+                  p_init: float = 0.8, n_restarts: int = 1, rescale_schedule: bool = False,
+                  mask=None, example_ids=None):
+  """Square Attack, Linf, margin loss: the reference's ``SquareAttack.perturb``.
+
+  AutoAttack's setting is the default (``p_init=0.8``, 5,000 queries, no rescaling).
+  Returns ``x_adv`` (``x`` where no query succeeded).
+  """
+  _, robust0 = _initial(logits_fn, x, y, mask)
+  keys = example_keys(key, x.shape[0], example_ids)
+
+  def run(r, robust):
+    # only the points still robust are attacked, as in the reference
+    x_best = square_single_run(
+        logits_fn, x, y, fold_keys(keys, r), robust, eps=eps, n_queries=n_queries,
+        p_init=p_init, rescale_schedule=rescale_schedule)
+    return x_best, jnp.argmax(logits_fn(x_best), -1) == y
+
+  x_adv, _ = _run_until_fooled(x, robust0, n_restarts, run)
+  return x_adv

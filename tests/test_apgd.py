@@ -1,0 +1,276 @@
+"""APGD: the reference's checkpoint schedule and step-size rule, DLR, feasibility, strength."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sglr_jax import models
+from sglr_jax.attacks import apgd, losses
+
+EPS = 8 / 255
+
+
+# ------------------------------------------------------------------ schedule, step size
+
+def test_checkpoints_match_reference_schedule():
+  assert apgd.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+  # n_iter=10: p_0 = max(int(2.2), 1) = 2, then windows of max(2 - 1, 1) = 1
+  assert apgd.checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+  assert [k for _, k in apgd.checkpoint_schedule(100)] == [22, 19, 16, 13, 10, 7, 6, 6]
+
+
+def reference_step_rule(loss0, trace, rho=0.75):
+  """A line-by-line numpy transcription of the reference's bookkeeping in
+  ``APGDAttack.attack_single_run`` (Linf/L2 branch). Returns the halving flags [n, B]."""
+  n_iter, b = trace.shape
+  n_iter_2, n_iter_min = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
+  size_decr = max(int(0.03 * n_iter), 1)
+  loss_steps = np.zeros([n_iter, b], np.float32)
+  loss_best = loss0.astype(np.float32).copy()
+  loss_best_last_check = loss_best.copy()
+  reduced_last_check = np.ones(b, np.float32)
+  counter3, k = 0, n_iter_2
+  halved = np.zeros([n_iter, b], bool)
+  for i in range(n_iter):
+    y1 = trace[i]
+    loss_steps[i] = y1
+    ind = y1 > loss_best
+    loss_best[ind] = y1[ind]
+    counter3 += 1
+    if counter3 == k:
+      t = np.zeros(b, np.float32)
+      for c5 in range(k):  # python's negative index wraps like torch's
+        t += (loss_steps[i - c5] > loss_steps[i - c5 - 1]).astype(np.float32)
+      fl_osc = (t <= k * rho * np.ones_like(t)).astype(np.float32)
+      fl_no_impr = (1. - reduced_last_check) * (loss_best_last_check >= loss_best)
+      fl_osc = np.maximum(fl_osc, fl_no_impr)
+      reduced_last_check = fl_osc.copy()
+      loss_best_last_check = loss_best.copy()
+      halved[i] = fl_osc > 0
+      k = max(k - size_decr, n_iter_min)
+      counter3 = 0
+  return halved
+
+
+def _halved_at(reduced):
+  return [i + 1 for i in np.flatnonzero(np.asarray(reduced))]
+
+
+def test_step_rule_hand_traces():
+  n = 100
+  inc = np.arange(n, dtype=np.float32)[:, None] * 0.01 + 0.01
+  # always improving: never halves
+  steps, red = apgd.step_size_trace(np.zeros(1), inc)
+  assert _halved_at(red[:, 0]) == [] and float(steps[-1, 0]) == 2.0
+  # flat loss: every checkpoint oscillates (0 increases <= 0.75 k)
+  steps, red = apgd.step_size_trace(np.zeros(1), np.full((n, 1), 0.5))
+  assert _halved_at(red[:, 0]) == [22, 41, 57, 70, 80, 87, 93, 99]
+  assert float(steps[-1, 0]) == 2.0 / 256
+  # improving for 22 iterations then flat: halves from the second checkpoint on
+  trace = np.concatenate([inc[:22], np.full((78, 1), inc[21, 0])])
+  _, red = apgd.step_size_trace(np.zeros(1), trace)
+  assert _halved_at(red[:, 0]) == [41, 57, 70, 80, 87, 93, 99]
+  # climbing but never above the start's loss: only the no-improvement rule fires,
+  # which needs the previous checkpoint not to have halved -> every second checkpoint
+  _, red = apgd.step_size_trace(np.full(1, 10.0), inc - 0.01)
+  assert _halved_at(red[:, 0]) == [41, 70, 87, 99]
+
+
+@pytest.mark.parametrize('n_iter,seed', [(100, 0), (100, 1), (37, 2), (10, 3)])
+def test_step_rule_matches_reference_on_random_traces(n_iter, seed):
+  rng = np.random.default_rng(seed)
+  b = 64
+  # random walks, some with drift, some sign-changing (DLR-like): exercises the
+  # wrap-around of the first window and both halving conditions
+  drift = rng.choice([-0.05, 0.0, 0.02, 0.1], size=b)
+  trace = np.cumsum(rng.normal(size=(n_iter, b)) * 0.1 + drift, 0).astype(np.float32)
+  trace[:, ::7] = np.round(trace[:, ::7], 1)  # ties
+  loss0 = rng.normal(size=b).astype(np.float32)
+  want = reference_step_rule(loss0, trace)
+  steps, got = apgd.step_size_trace(loss0, trace, eps=0.5)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  np.testing.assert_allclose(np.asarray(steps[-1]), 1.0 / 2.0**want.sum(0))
+  assert want.any() and not want.all()
+
+
+# --------------------------------------------------------------------------------- DLR
+
+def reference_dlr(z, y):
+  zs, ind = np.sort(z, 1), np.argsort(z, 1)
+  top_is_y = (ind[:, -1] == y).astype(np.float32)
+  zy = z[np.arange(len(y)), y]
+  return -(zy - zs[:, -2] * top_is_y - zs[:, -1] * (1 - top_is_y)) / (zs[:, -1] - zs[:, -3] + 1e-12)
+
+
+def reference_targeted_dlr(z, y, t):
+  zs = np.sort(z, 1)
+  u = np.arange(len(y))
+  return -(z[u, y] - z[u, t]) / (zs[:, -1] - .5 * (zs[:, -3] + zs[:, -4]) + 1e-12)
+
+
+def test_dlr_matches_reference_and_is_shift_and_scale_invariant():
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(256, 10)).astype(np.float32) * 3
+  y = rng.integers(0, 10, 256)
+  y[:64] = z[:64].argmax(1)  # both branches: y on top and not
+  t = (y + rng.integers(1, 10, 256)) % 10
+  dlr = lambda z: np.asarray(losses.dlr(jnp.asarray(z), jnp.asarray(y)))
+  tdlr = lambda z: np.asarray(losses.targeted_dlr(jnp.asarray(z), jnp.asarray(y), jnp.asarray(t)))
+  d, dt = dlr(z), tdlr(z)
+  np.testing.assert_allclose(d, reference_dlr(z, y), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(dt, reference_targeted_dlr(z, y, t), rtol=1e-5, atol=1e-6)
+  assert (d[:64] < 0).all() and (d[64:] > 0).any()
+  for a, c in [(1.0, 7.0), (3.7, 0.0), (0.3, -20.0)]:  # up to float32 rounding
+    np.testing.assert_allclose(dlr(a * z + c), d, rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(tdlr(a * z + c), dt, rtol=2e-3, atol=1e-4)
+  zq = np.round(z * 8) / 8  # dyadic logits: shifts and power-of-two scalings are exact
+  dq, dtq = dlr(zq), tdlr(zq)
+  for a, c in [(1.0, 7.0), (4.0, 0.0), (0.25, -100.0)]:
+    np.testing.assert_array_equal(dlr(a * zq + c), dq)
+    np.testing.assert_array_equal(tdlr(a * zq + c), dtq)
+
+
+# ---------------------------------------------------------------------- attack on a CNN
+
+def numpy_init(model, shape, seed=0):
+  """He-normal weights drawn with numpy: flax's jitted init compiles one threefry kernel
+  per parameter, which costs tens of seconds on a loaded 2-core machine."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name == 'kernel':
+      return jnp.asarray(rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1])),
+                         jnp.float32)
+    return jnp.full(s.shape, 1.0 if name in ('scale', 'var') else 0.0, jnp.float32)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope='module')
+def cnn():
+  """Untrained tiny CNN; labels are its clean predictions (clean accuracy 100%)."""
+  model = models.create_model('small_cnn', 10, width=8)
+  variables = numpy_init(model, (1, 28, 28, 1))
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(64, 28, 28, 1)), jnp.float32)
+  logits_fn = lambda z: model.apply(variables, z, train=False)
+  y = jnp.argmax(jax.jit(logits_fn)(x), -1)
+  return logits_fn, x, y
+
+
+@pytest.fixture(scope='module')
+def apgd_linf(cnn):
+  """APGD-CE, Linf, 100 iterations (the reference schedule); eps and mask traced so
+  every test below shares one compilation."""
+  logits_fn = cnn[0]
+  return jax.jit(lambda x, y, key, eps, mask: apgd.apgd_attack(
+      logits_fn, x, y, eps=eps, key=key, n_iter=100, mask=mask))
+
+
+def _check_feasible(x_adv, x, eps, norm):
+  d = (x_adv - x).reshape(x.shape[0], -1)
+  n = jnp.max(jnp.abs(d), 1) if norm == 'Linf' else jnp.sqrt(jnp.sum(d * d, 1))
+  assert not bool(jnp.isnan(x_adv).any())
+  assert float(n.max()) <= eps + 1e-6
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
+def _fooled(logits_fn, x_adv, y):
+  return np.asarray(jnp.argmax(logits_fn(x_adv), -1) != y)
+
+
+def test_apgd_linf_feasible_and_unchanged_where_robust(cnn, apgd_linf):
+  logits_fn, x, y = cnn
+  eps = 2 / 255
+  x_adv = apgd_linf(x, y, jax.random.key(0), eps, jnp.ones(64, bool))
+  _check_feasible(x_adv, x, eps, 'Linf')
+  fooled = _fooled(logits_fn, x_adv, y)
+  assert 0 < fooled.mean() < 1  # eps picked so the assertion below is not vacuous
+  np.testing.assert_array_equal(np.asarray(x_adv)[~fooled], np.asarray(x)[~fooled])
+  # bit-for-bit reproducible; another key gives another run
+  again = apgd_linf(x, y, jax.random.key(0), eps, jnp.ones(64, bool))
+  np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(again))
+  other = apgd_linf(x, y, jax.random.key(1), eps, jnp.ones(64, bool))
+  assert not np.array_equal(np.asarray(x_adv), np.asarray(other))
+
+
+def test_apgd_l2_feasible_and_unchanged_where_robust(cnn):
+  logits_fn, x, y = cnn
+  eps = 0.25
+  x_adv = jax.jit(lambda x, y: apgd.apgd_attack(
+      logits_fn, x, y, eps=eps, key=jax.random.key(0), norm='L2', n_iter=10))(x, y)
+  _check_feasible(x_adv, x, eps, 'L2')
+  fooled = _fooled(logits_fn, x_adv, y)
+  assert 0 < fooled.mean() < 1
+  np.testing.assert_array_equal(np.asarray(x_adv)[~fooled], np.asarray(x)[~fooled])
+
+
+def test_apgd_mask_and_misclassified_points_untouched(cnn, apgd_linf):
+  logits_fn, x, y = cnn
+  y_mix = jnp.where(jnp.arange(64) % 2 == 0, y, (y + 1) % 10)
+  mask = jnp.arange(64) < 48
+  x_adv = apgd_linf(x, y_mix, jax.random.key(0), EPS, mask)
+  untouched = np.asarray((y_mix != y) | ~mask)
+  np.testing.assert_array_equal(np.asarray(x_adv)[untouched], np.asarray(x)[untouched])
+  # at 8/255 the untrained net is fooled almost everywhere it is attacked
+  assert _fooled(logits_fn, x_adv, y_mix)[~untouched].mean() > 0.8
+
+
+def _pgd(logits_fn, x, y, eps, key, steps=20):
+  try:
+    from sglr_jax.attacks.pgd import pgd_attack  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    pgd_attack = None
+  if pgd_attack is not None:
+    return pgd_attack(logits_fn, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps,
+                      key=key)
+  x_adv = jnp.clip(x + jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), 0, 1)
+  grad = jax.grad(lambda z: jnp.sum(losses.cross_entropy(logits_fn(z), y)))
+  for _ in range(steps):
+    x_adv = apgd.project(x_adv + 2.5 * eps / steps * jnp.sign(grad(x_adv)), x, eps, 'Linf')
+  return x_adv
+
+
+def test_apgd_ce_at_least_as_strong_as_pgd20(cnn, apgd_linf):
+  logits_fn, x, y = cnn
+  eps = 1.5 / 255
+  acc = lambda xa: float(jnp.mean(jnp.argmax(logits_fn(xa), -1) == y))
+  x_pgd = jax.jit(lambda x, y: _pgd(logits_fn, x, y, eps, jax.random.key(5)))(x, y)
+  x_apgd = apgd_linf(x, y, jax.random.key(0), eps, jnp.ones(64, bool))
+  _check_feasible(x_apgd, x, eps, 'Linf')
+  acc_pgd, acc_apgd = acc(x_pgd), acc(x_apgd)
+  assert 0.2 < acc_pgd < 1.0, acc_pgd  # PGD-20 leaves something to beat
+  assert acc_apgd <= acc_pgd, (acc_apgd, acc_pgd)
+
+
+def test_apgd_targeted_feasible_and_deterministic(cnn):
+  logits_fn, x, y = cnn
+  run = jax.jit(lambda x, y, key: apgd.apgd_targeted_attack(
+      logits_fn, x, y, eps=2 / 255, key=key, n_iter=10, n_target_classes=3))
+  a = run(x, y, jax.random.key(3))
+  b = run(x, y, jax.random.key(3))
+  _check_feasible(a, x, 2 / 255, 'Linf')
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  fooled = _fooled(logits_fn, a, y)
+  assert 0 < fooled.mean() < 1
+  np.testing.assert_array_equal(np.asarray(a)[~fooled], np.asarray(x)[~fooled])
+
+
+def test_target_labels_rank_from_clean_logits():
+  z = jnp.asarray([[0.1, 5.0, 3.0, -1.0, 4.0]])
+  assert [int(apgd.target_labels(z, r)[0]) for r in (1, 2, 3, 4, 5)] == [1, 4, 2, 0, 3]
+
+
+def test_apgd_early_stop_same_verdicts_earlier_points(cnn, apgd_linf):
+  logits_fn, x, y = cnn
+  full = apgd_linf(x, y, jax.random.key(0), EPS, jnp.ones(64, bool))
+  fooled = jnp.asarray(_fooled(logits_fn, full, y))
+  early = jax.jit(lambda x, y, key, mask: apgd.apgd_attack(
+      logits_fn, x, y, eps=EPS, key=key, n_iter=100, mask=mask, early_stop=True))
+  # attacking only points the full run fools, every run ends as soon as all are fooled
+  a = early(x, y, jax.random.key(0), fooled)
+  _check_feasible(a, x, EPS, 'Linf')
+  np.testing.assert_array_equal(_fooled(logits_fn, a, y), np.asarray(fooled))
+  assert not np.array_equal(np.asarray(a), np.asarray(full))  # it did stop early

@@ -1,0 +1,148 @@
+"""The AutoAttack ensemble: feasibility, consistency of the reported accuracies, eps=0,
+an affine model's closed-form robust accuracy, strength, determinism, one compilation."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sglr_jax import models
+from sglr_jax.attacks import autoattack as aa
+
+# Few iterations, queries and targets: the full standard budget is for evaluations.
+SMALL = aa.AutoAttackConfig(apgd_n_iter=20, apgd_t_n_iter=10, apgd_t_n_target_classes=3,
+                            fab_n_iter=10, fab_n_target_classes=3, square_n_queries=100)
+BATCH = 32
+
+
+def numpy_init(model, shape, seed=0):
+  """He-normal weights from numpy (flax's jitted init compiles slowly on CPU)."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name == 'kernel':
+      return jnp.asarray(rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1])),
+                         jnp.float32)
+    return jnp.full(s.shape, 1.0 if name in ('scale', 'var') else 0.0, jnp.float32)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope='module')
+def cnn():
+  """Untrained tiny CNN, 40 points (two batches of 32, the second padded); labels are
+  its clean predictions with every fourth one changed, so clean accuracy is 75%."""
+  model = models.create_model('small_cnn', 10, width=8)
+  variables = numpy_init(model, (1, 28, 28, 1), seed=3)
+  logits_fn = lambda z: model.apply(variables, z, train=False)
+  x = np.random.default_rng(3).uniform(size=(40, 28, 28, 1)).astype(np.float32)
+  y = aa.predict(logits_fn, x, BATCH)
+  y[::4] = (y[::4] + 1) % 10
+  return logits_fn, x, y
+
+
+@pytest.fixture(scope='module')
+def cnn_run(cnn):
+  """The ensemble at 1/255, where every attack still has robust points to work on."""
+  logits_fn, x, y = cnn
+  return aa.run_autoattack(logits_fn, x, y, 1 / 255, key=jax.random.key(0),
+                           batch_size=BATCH, config=SMALL, progress=False)
+
+
+def _check_result(res, logits_fn, x, y, eps):
+  x_adv, robust = res['x_adv'], res['robust']
+  assert x_adv.shape == x.shape and x_adv.dtype == np.float32
+  assert not np.isnan(x_adv).any() and x_adv.min() >= 0 and x_adv.max() <= 1
+  assert np.abs(x_adv - x).reshape(len(x), -1).max() <= eps + 1e-6
+  np.testing.assert_array_equal(x_adv[robust], x[robust])        # robust: returned as given
+  correct = aa.predict(logits_fn, x_adv, BATCH) == y
+  np.testing.assert_array_equal(correct, robust)                 # flags = model on x_adv
+  accs = list(res['robust_acc_after'].values())
+  assert list(res['robust_acc_after']) == list(aa.STANDARD_ATTACKS)
+  assert accs[-1] == pytest.approx(correct.mean())
+  assert res['clean_acc'] == pytest.approx(np.mean(aa.predict(logits_fn, x, BATCH) == y))
+  assert all(a >= b for a, b in zip([res['clean_acc']] + accs, accs))  # never increases
+
+
+def test_ensemble_feasible_and_consistent(cnn, cnn_run):
+  logits_fn, x, y = cnn
+  _check_result(cnn_run, logits_fn, x, y, 1 / 255)
+  accs = cnn_run['robust_acc_after']
+  assert cnn_run['clean_acc'] == 0.75
+  assert 0 < accs['square'] < accs['apgd-ce'] < 0.75            # not vacuous
+
+
+def test_ensemble_deterministic_and_compiled_once(cnn, cnn_run):
+  logits_fn, x, y = cnn
+  compiled = aa.attack_batch._cache_size()
+  again = aa.run_autoattack(logits_fn, x, y, 1 / 255, key=jax.random.key(0),
+                            batch_size=BATCH, config=SMALL, progress=False)
+  np.testing.assert_array_equal(again['x_adv'], cnn_run['x_adv'])
+  assert again['robust_acc_after'] == cnn_run['robust_acc_after']
+  other = aa.run_autoattack(logits_fn, x[:37], y[:37], 1.5 / 255, key=jax.random.key(1),
+                            batch_size=BATCH, config=SMALL, progress=True)
+  # new data size, eps, key and robust set: nothing recompiles
+  assert aa.attack_batch._cache_size() == compiled
+  _check_result(other, logits_fn, x[:37], y[:37], 1.5 / 255)
+  assert not np.array_equal(other['x_adv'], cnn_run['x_adv'][:37])
+
+
+def test_eps_zero_gives_clean_accuracy(cnn):
+  logits_fn, x, y = cnn
+  res = aa.run_autoattack(logits_fn, x, y, 0.0, key=jax.random.key(0), batch_size=BATCH,
+                          config=SMALL, progress=False)
+  assert all(a == res['clean_acc'] for a in res['robust_acc_after'].values())
+  np.testing.assert_array_equal(res['x_adv'], x)
+
+
+def test_untrained_model_near_zero_at_8_255(cnn):
+  logits_fn, x, y = cnn
+  res = aa.run_autoattack(logits_fn, x, y, 8 / 255, key=jax.random.key(0), batch_size=BATCH,
+                          config=SMALL, progress=False)
+  _check_result(res, logits_fn, x, y, 8 / 255)
+  assert res['robust_acc_after']['square'] <= 0.05
+
+
+# ------------------------------------------------------------------------ affine model
+
+def closed_form_robust(wmat, bias, x, y, eps):
+  """Linf robustness of ``z = x W + b`` per point: for every wrong class t minimise
+  ``(W_y - W_t) . (x + d) + b_y - b_t`` over the box ``|d| <= eps, 0 <= x + d <= 1``
+  (coordinate-wise: the lower end where the weight difference is positive). Returns the
+  smallest such margin per point (> 0: robust)."""
+  flat = x.reshape(len(x), -1).astype(np.float64)
+  lo, hi = np.maximum(-eps, -flat), np.minimum(eps, 1 - flat)
+  worst = np.full(len(x), np.inf)
+  for t in range(wmat.shape[1]):
+    c = (wmat[:, y] - wmat[:, [t]]).T.astype(np.float64)          # [N, D]
+    m = (c * (flat + np.where(c > 0, lo, hi))).sum(1) + bias[y] - bias[t]
+    worst = np.where(y == t, worst, np.minimum(worst, m))
+  clean = (flat @ wmat + bias).argmax(1) == y
+  return np.where(clean, worst, -np.inf)
+
+
+def test_affine_model_closed_form_robust_accuracy():
+  rng = np.random.default_rng(0)
+  n, hw, k = 64, 6, 10
+  wmat = rng.normal(size=(hw * hw, k)).astype(np.float32)
+  bias = rng.normal(size=k).astype(np.float32) * 0.5
+  logits_fn = lambda z: z.reshape(z.shape[0], -1) @ wmat + bias
+  x = rng.uniform(size=(n, hw, hw, 1)).astype(np.float32)
+  y = (x.reshape(n, -1) @ wmat + bias).argmax(1)
+  y[::8] = (y[::8] + 3) % k                                       # a few clean errors
+  eps = 0.03
+  margin = closed_form_robust(wmat, bias, x, y, eps)
+  decided = np.abs(margin) > 1e-3                                 # away from float ties
+  assert decided.mean() > 0.9
+  exact = (margin > 0)[decided]
+  assert 0.2 < exact.mean() < 0.8
+  cfg = aa.AutoAttackConfig(apgd_n_iter=20, apgd_t_n_iter=20, fab_n_iter=20,
+                            square_n_queries=100)                 # all 9 targets
+  res = aa.run_autoattack(logits_fn, x, y, eps, key=jax.random.key(0), batch_size=BATCH,
+                          config=cfg, progress=False)
+  _check_result(res, logits_fn, x, y, eps)
+  # sound (never below the truth) and, on this small case, exact
+  assert (res['robust'][decided] >= exact).all()
+  np.testing.assert_array_equal(res['robust'][decided], exact)
