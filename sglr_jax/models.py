@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sglr_jax import fastconv, fastpool
+
 ModuleDef = Any
 
 
@@ -45,10 +47,11 @@ class SmallCNN(nn.Module):
     norm = _batch_norm(train, self.bn_axis_name)
     for f in self.features:
       x = nn.Conv(f, (self.kernel, self.kernel), strides=self.strides,
-                  padding='SAME', use_bias=False)(x)
+                  padding='SAME', use_bias=False,
+                  conv_general_dilated=fastconv.conv_general_dilated)(x)  # lax's off CPU
       x = nn.relu(norm()(x))
       if self.pool:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = fastpool.max_pool(x, (2, 2), strides=(2, 2))  # nn.max_pool off CPU
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.num_classes)(x)

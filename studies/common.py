@@ -68,7 +68,8 @@ def run_study(title: str, runs, args, groups=None) -> dict:
     groups = {g: ns for g, ns in (groups or {}).items() if ns} or None
   t0 = time.time()
   summary = {'title': title, 'machine': f'{platform.machine()}, {os.cpu_count()} cores',
-             'command': ' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+             'command': getattr(args, 'command', None)
+                        or ' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
              'runs': {}}
   workdirs = {}
   for name, module, overrides in runs:

@@ -15,6 +15,7 @@ from common import parse_args, run_study
 
 
 def main():
+  command = ' '.join(['studies/label_noise.py'] + sys.argv[1:])
   rates = [0.0, 0.2, 0.4, 0.6]
   if '--rates' in sys.argv:
     i = sys.argv.index('--rates')
@@ -26,6 +27,7 @@ def main():
     seeds_04 = tuple(int(s) for s in sys.argv[i + 1].split(','))
     del sys.argv[i:i + 2]
   args = parse_args(__doc__, 'label_noise')
+  args.command = command
   if args.mini:
     rates = [0.4]
   runs, groups = [], {}

@@ -30,17 +30,18 @@ def pct(x):
 def run_rows(study_dir: str, summary: dict) -> list[str]:
   from sglr_jax import metrics  # pylint: disable=g-import-not-at-top
   rows = ['| run | seed | natural best | natural final | PGD-20 best (epoch) | PGD-20 final | '
-          'PGD-20 diff | final fit of noisy labels | wall (s) |',
+          'PGD-20 diff | final fit of noisy labels | training wall (s) |',
           '|---|---|---|---|---|---|---|---|---|']
   for name, info in summary['runs'].items():
     wd = os.path.join(study_dir, 'runs', name)
     res = json.load(open(os.path.join(wd, 'results.json')))
     hist = metrics.read_history(wd)
     fit = hist[-1].get('train_noisy_fit') if hist else None
+    train_wall = round(sum(r.get('epoch_time_s', 0.0) for r in hist), 1)  # survives resumes
     b, f = res['best'], res['final']
     rows.append(f"| {name} | {info['seed']} | {pct(b['natural_acc'])} | {pct(f['natural_acc'])} | "
                 f"{pct(b['pgd20_acc'])} ({b['epoch']}) | {pct(f['pgd20_acc'])} | "
-                f"{pct(b['pgd20_acc'] - f['pgd20_acc'])} | {pct(fit)} | {info['wall_s']} |")
+                f"{pct(b['pgd20_acc'] - f['pgd20_acc'])} | {pct(fit)} | {train_wall} |")
   return rows
 
 
@@ -61,7 +62,9 @@ def main():
     summary = json.load(open(os.path.join(d, 'summary.json')))
     out += [f"## {summary['title'].capitalize()}", '',
             f"Command: `python {summary['command']}`; machine: {summary['machine']}; "
-            f"wall time {summary['wall_s'] / 60:.1f} min for {len(summary['runs'])} runs.", '']
+            f"wall time of the last invocation {summary['wall_s'] / 60:.1f} min for "
+            f"{len(summary['runs'])} runs (a resumed study counts only what it re-did; the "
+            f"table's training wall time is summed from the runs' histories).", '']
     out += run_rows(d, summary) + ['']
     fig_dir = os.path.join(args.docs, 'figures', study)
     os.makedirs(fig_dir, exist_ok=True)

@@ -1,0 +1,378 @@
+"""Our step vs the same step written once in PyTorch (CPU), alternating in one run.
+
+  python bench/vs_torch.py --model resnet18 --batch 32 --mode at
+  python bench/vs_torch.py --model small_cnn --batch 128 --mode pgd20
+  python bench/vs_torch.py --quick            # tiny smoke run
+
+Modes (same shapes, random weights, synthetic data on both sides):
+  at     PGD-10 (model in eval mode) then the AT + SGLR train step: train-mode forward on
+         x', SGLR's extra clean forward (no grad), label-table update, soft-target CE
+         backward, SGD momentum 0.9, weight decay 5e-4 (ours: ``steps.make_train_step``).
+  pgd20  evaluation only (inference mode): clean forward, PGD-20, forward on x'
+         (ours: ``steps.make_eval_step``).
+  apgd   APGD-CE, 100 iterations, 1 restart, Linf (ours: ``attacks.apgd.apgd_attack``;
+         torch: ``pyautoattack``/``autoattack`` ``APGDAttack``). Labels are each model's
+         own clean predictions so both attack every point.
+
+Other developers share the 2 cores: ``loadavg_1m`` is printed, and PyTorch's 2-thread
+OpenMP suffers far more from a busy machine than XLA does, so compare under load with
+``taskset -c 0 python bench/vs_torch.py --threads 1`` (one core each) as well.
+
+Prints one JSON line: model, batch, mode, ours_img_s, torch_img_s, ratio (ours / torch),
+plus ours_gflop_s and ours_peak_share (of the 230 GFLOP/s FP32 peak of the 2 cores, see
+shared/design/PERFORMANCE.md). torch is an optional benchmark-only dependency.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import default  # noqa: E402
+from sglr_jax import data, fastconv, fastpool, models, parallel, state as state_lib  # noqa: E402
+from sglr_jax import steps as steps_lib  # noqa: E402
+
+PEAK_GFLOP_S = 230.0
+THREADS = 2  # torch intra-op threads (--threads); XLA uses the cores it may run on
+EPS, STEP = 8 / 255, 2 / 255
+K = 10
+
+
+# ------------------------------------------------------------------------------ FLOPs
+
+def forward_gflop(model_name: str, width: int = 0) -> float:
+  """GFLOP (2 x MACs) of one forward per image, counted from the layer shapes."""
+  if model_name == 'resnet18':
+    if not width:
+      return 1.111  # PERFORMANCE.md
+    w = width
+    macs = 32 * 32 * 3 * w * 9  # stem
+    hw, cin = 32, w
+    for i in range(4):
+      c = w * 2**i
+      for j in range(2):
+        s = 2 if i > 0 and j == 0 else 1
+        hw //= s
+        macs += hw * hw * c * cin * 9 + hw * hw * c * c * 9
+        if s != 1 or cin != c:
+          macs += hw * hw * c * cin
+        cin = c
+    return 2 * (macs + cin * K) / 1e9
+  # Madry's MNIST net: 5x5 conv 32 (28x28) + pool, 5x5 conv 64 (14x14) + pool, 1024, 10.
+  f1, f2 = (32, 64) if not width else (width, width * 2)
+  macs = 28 * 28 * f1 * 25 * 1 + 14 * 14 * f2 * 25 * f1 + 7 * 7 * f2 * 1024 + 1024 * K
+  return 2 * macs / 1e9
+
+
+def step_gflop(mode: str, fwd: float) -> float:
+  """Per image: an attack iteration is forward + input gradient (2F); a train step's
+  backward is 2F; SGLR's clean pass is F (PERFORMANCE.md: 26.66 for ResNet-18 AT)."""
+  return {'at': 10 * 2 * fwd + 4 * fwd,    # PGD-10 + adv fwd/bwd + clean fwd
+          'pgd20': 20 * 2 * fwd + 2 * fwd,  # PGD-20 + clean fwd + adv fwd
+          'apgd': 100 * 2 * fwd + 3 * fwd}[mode]  # clean fwd + start grad + 100 iters
+
+
+# ------------------------------------------------------------------------------- ours
+
+def make_model(name, width=0, bn_axis_name=None):
+  if name == 'small_cnn':
+    kw = dict(kernel=5, strides=1, pool=True, dense=1024)
+    if width:
+      kw['features'] = (width, 2 * width)
+    return models.SmallCNN(num_classes=K, bn_axis_name=bn_axis_name, **kw)
+  return models.create_model(name, K, width=width, bn_axis_name=bn_axis_name)
+
+
+def image_shape(name):
+  return (28, 28, 1) if name == 'small_cnn' else (32, 32, 3)
+
+
+def ours_at(name, batch, width):
+  c = default.get_config()
+  c.model.name = name
+  c.attack.steps, c.attack.eps, c.attack.step_size = 10, EPS, STEP
+  c.sglr.enabled = True
+  c.train.batch_size = batch
+  shape = image_shape(name)
+  n = batch * 4
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
+  labels = rng.integers(0, K, n).astype(np.int32)
+  mesh = parallel.make_mesh(1)
+  model = make_model(name, width, parallel.AXIS)
+  st = state_lib.create_train_state(c, model, shape, labels, K, 4, jax.random.PRNGKey(0))
+  st = jax.device_put(st, parallel.state_shardings(st, mesh, 'replicated'))
+  step = steps_lib.make_train_step(model, steps_lib.step_config(c, K), mesh, st)
+  ds = data.Dataset('synthetic', K, images, labels, labels, images[:1], labels[:1])
+  batches = [parallel.to_global(b, mesh) for b in data.train_batches(ds, 0, 0, batch)]
+  box = {'st': st, 'i': 0}
+
+  def run():
+    box['st'], m = step(box['st'], batches[box['i'] % len(batches)])
+    box['i'] += 1
+    jax.block_until_ready(m)
+  return run
+
+
+def _ours_vars(name, batch, width):
+  shape = image_shape(name)
+  model = make_model(name, width)
+  variables = state_lib.init_variables(model, shape, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  x = rng.random((batch,) + shape, dtype=np.float32)
+  return model, variables, x
+
+
+def ours_pgd20(name, batch, width):
+  model, variables, x = _ours_vars(name, batch, width)
+  mesh = parallel.make_mesh(1)
+  step = steps_lib.make_eval_step(model, mesh, eps=EPS, step_size=STEP, steps=20)
+  imgs = jnp.asarray(np.round(x * 255).astype(np.uint8))
+  b = {'image': imgs, 'label': jnp.zeros(batch, jnp.int32),
+       'index': jnp.arange(batch, dtype=jnp.int32)}
+  b = parallel.to_global(jax.tree.map(np.asarray, b), mesh)
+  key = jax.random.PRNGKey(1)
+  return lambda: jax.block_until_ready(step(variables, b, key))
+
+
+def ours_apgd(name, batch, width):
+  try:
+    from sglr_jax.attacks import apgd  # pylint: disable=g-import-not-at-top
+    fn = apgd.apgd_attack
+  except (ImportError, AttributeError) as e:
+    return None, f'sglr_jax.attacks.apgd.apgd_attack unavailable: {e!r}'
+  model, variables, x = _ours_vars(name, batch, width)
+  logits_fn = lambda z: model.apply(variables, z, train=False)
+  x = jnp.asarray(x)
+  y = jnp.argmax(logits_fn(x), -1)
+  f = jax.jit(lambda x, y, k: fn(logits_fn, x, y, eps=EPS, key=k, n_iter=100, n_restarts=1))
+  key = jax.random.PRNGKey(1)
+  try:
+    jax.block_until_ready(f(x, y, key))
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f'sglr_jax apgd_attack failed: {e!r}'[:300]
+  return (lambda: jax.block_until_ready(f(x, y, key))), None
+
+
+# ------------------------------------------------------------------------------ torch
+
+def torch_models(torch):
+  nn = torch.nn
+  F = torch.nn.functional
+
+  class Block(nn.Module):
+    def __init__(self, cin, c, s):
+      super().__init__()
+      self.c1 = nn.Conv2d(cin, c, 3, s, 1, bias=False)
+      self.b1 = nn.BatchNorm2d(c)
+      self.c2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+      self.b2 = nn.BatchNorm2d(c)
+      self.sc = nn.Sequential()
+      if s != 1 or cin != c:
+        self.sc = nn.Sequential(nn.Conv2d(cin, c, 1, s, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+      y = F.relu(self.b1(self.c1(x)))
+      y = self.b2(self.c2(y))
+      return F.relu(y + self.sc(x))
+
+  class ResNet18(nn.Module):
+    def __init__(self, w=64):
+      super().__init__()
+      self.c = nn.Conv2d(3, w, 3, 1, 1, bias=False)
+      self.b = nn.BatchNorm2d(w)
+      layers, cin = [], w
+      for i in range(4):
+        for j in range(2):
+          layers.append(Block(cin, w * 2**i, 2 if i > 0 and j == 0 else 1))
+          cin = w * 2**i
+      self.layers = nn.Sequential(*layers)
+      self.fc = nn.Linear(cin, K)
+
+    def forward(self, x):
+      x = self.layers(F.relu(self.b(self.c(x))))
+      return self.fc(x.mean((2, 3)))
+
+  class SmallCNN(nn.Module):
+    """Madry's MNIST net with BatchNorm after each conv, like ours."""
+    def __init__(self, w=32):
+      super().__init__()
+      self.c1 = nn.Conv2d(1, w, 5, 1, 2, bias=False)
+      self.b1 = nn.BatchNorm2d(w)
+      self.c2 = nn.Conv2d(w, 2 * w, 5, 1, 2, bias=False)
+      self.b2 = nn.BatchNorm2d(2 * w)
+      self.d1 = nn.Linear(7 * 7 * 2 * w, 1024)
+      self.d2 = nn.Linear(1024, K)
+
+    def forward(self, x):
+      x = F.max_pool2d(F.relu(self.b1(self.c1(x))), 2)
+      x = F.max_pool2d(F.relu(self.b2(self.c2(x))), 2)
+      return self.d2(F.relu(self.d1(x.flatten(1))))
+
+  return {'resnet18': ResNet18, 'small_cnn': SmallCNN}
+
+
+def torch_pgd(torch, model, x, y, steps):
+  F = torch.nn.functional
+  x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+  for _ in range(steps):
+    x_adv.requires_grad_(True)
+    loss = F.cross_entropy(model(x_adv), y, reduction='sum')
+    g, = torch.autograd.grad(loss, [x_adv])
+    x_adv = torch.min(torch.max(x_adv.detach() + STEP * g.sign(), x - EPS), x + EPS).clamp(0, 1)
+  return x_adv.detach()
+
+
+def torch_runner(mode, name, batch, width):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None, 'torch not installed (pip install torch==2.13.0 into the venv)'
+  torch.set_num_threads(THREADS)
+  torch.manual_seed(0)
+  F = torch.nn.functional
+  net = torch_models(torch)[name](*( (width,) if width else ()))
+  h, w_, c = image_shape(name)
+  x = torch.rand(batch, c, h, w_)
+  if mode == 'at':
+    y = torch.randint(0, K, (batch,))
+    n = batch * 4
+    table = F.one_hot(torch.randint(0, K, (n,)), K).float()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    box = {'i': 0}
+
+    def run():
+      idx = (torch.arange(batch) + box['i'] * batch) % n
+      box['i'] += 1
+      net.eval()
+      x_adv = torch_pgd(torch, net, x, y, 10)
+      net.train()
+      logits_adv = net(x_adv)
+      with torch.no_grad():
+        logits_clean = net(x)
+        p = 0.8 * F.softmax(logits_adv.detach(), -1) + 0.2 * F.softmax(logits_clean, -1)
+        rows = 0.9 * table[idx] + 0.1 * p
+        table[idx] = rows
+      loss = -(rows * F.log_softmax(logits_adv, -1)).sum(-1).mean()
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+    return run, None
+  net.eval()
+  if mode == 'pgd20':
+    y = torch.randint(0, K, (batch,))
+
+    def run():
+      with torch.no_grad():
+        net(x)
+      x_adv = torch_pgd(torch, net, x, y, 20)
+      with torch.no_grad():
+        net(x_adv)
+    return run, None
+  try:
+    from pyautoattack.autopgd_base import APGDAttack  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    try:
+      from autoattack.autopgd_base import APGDAttack  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      return None, 'neither pyautoattack nor autoattack is installed'
+  with torch.no_grad():
+    y = net(x).argmax(-1)
+  atk = APGDAttack(net, n_iter=100, norm='Linf', n_restarts=1, eps=EPS, loss='ce',
+                   device='cpu', seed=0)
+  return (lambda: atk.perturb(x, y)), None
+
+
+# ------------------------------------------------------------------------------- main
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--model', default='resnet18', choices=('resnet18', 'small_cnn'))
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--mode', default='at', choices=('at', 'pgd20', 'apgd'))
+  p.add_argument('--rounds', type=int, default=3, help='ours/torch alternations')
+  p.add_argument('--iters', type=int, default=2, help='steps per side per round')
+  p.add_argument('--width', type=int, default=0, help='0 = the real width')
+  p.add_argument('--quick', action='store_true', help='tiny widths/batch, 1 round')
+  p.add_argument('--fast', default='auto', choices=('auto', 'on', 'off'),
+                 help='the fastconv / fastpool CPU paths (auto: on on CPU only)')
+  p.add_argument('--threads', type=int, default=2,
+                 help='torch threads; for a 1-core comparison run under `taskset -c 0` '
+                      '(XLA sizes its pool by the allowed cores)')
+  p.add_argument('--ab', action='store_true',
+                 help='also time ours with the fast paths off, alternating with the rest')
+  args = p.parse_args()
+  global THREADS
+  THREADS = args.threads
+  if args.quick:
+    args.width = args.width or 8
+    args.batch = min(args.batch, 8)
+    args.rounds, args.iters = 1, 1
+  out = {'model': args.model, 'batch': args.batch, 'mode': args.mode}
+  if args.threads != 2 or len(os.sched_getaffinity(0)) != 2:
+    out.update(torch_threads=args.threads, cores=len(os.sched_getaffinity(0)))
+  if args.width:
+    out['width'] = args.width
+  maker = {'at': ours_at, 'pgd20': ours_pgd20}.get(args.mode)
+
+  def build(fast):
+    """Builds and compiles ours with the fast paths switched (read at trace time)."""
+    for mod in (fastconv, fastpool):
+      mod.set_enabled(fast)
+    if maker is not None:
+      fn, why = maker(args.model, args.batch, args.width), None
+    else:
+      fn, why = ours_apgd(args.model, args.batch, args.width)
+    if fn is not None:
+      t = time.perf_counter()
+      fn()  # compile + warm
+      out[('ours_off' if fast is False else 'ours') + '_first_call_s'] = round(
+          time.perf_counter() - t, 2)
+    return fn, why
+
+  fast = {'auto': None, 'on': True, 'off': False}[args.fast]
+  ours, skip = build(fast)
+  out['fast'] = fastpool.enabled_default()
+  sides = [('ours', ours)]
+  if args.ab and ours is not None:
+    sides.append(('ours_off', build(False)[0]))
+  theirs, tskip = torch_runner(args.mode, args.model, args.batch, args.width)
+  if ours is None or theirs is None:
+    out['skipped'] = skip or tskip
+    print(json.dumps(out), flush=True)
+    return
+  theirs()  # warm
+  sides.append(('torch', theirs))
+  times = {s: [] for s, _ in sides}
+  for _ in range(args.rounds):
+    for side, fn in sides:
+      for _ in range(args.iters):
+        t = time.perf_counter()
+        fn()
+        times[side].append(time.perf_counter() - t)
+  med = {s: float(np.median(v)) for s, v in times.items()}
+  gflop = step_gflop(args.mode, forward_gflop(args.model, args.width)) * args.batch
+  out.update(ours_img_s=round(args.batch / med['ours'], 3),
+             torch_img_s=round(args.batch / med['torch'], 3),
+             ratio=round(med['torch'] / med['ours'], 3),
+             ours_gflop_s=round(gflop / med['ours'], 1),
+             ours_peak_share=round(gflop / med['ours'] / PEAK_GFLOP_S, 3),
+             gflop_per_img=round(gflop / args.batch, 3))
+  out['loadavg_1m'] = round(os.getloadavg()[0], 2)  # other users of the 2 cores
+  if 'ours_off' in med:
+    out.update(ours_off_img_s=round(args.batch / med['ours_off'], 3),
+               ratio_off=round(med['torch'] / med['ours_off'], 3),
+               fast_speedup=round(med['ours_off'] / med['ours'], 3))
+  print(json.dumps(out), flush=True)
+
+
+if __name__ == '__main__':
+  main()
