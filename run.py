@@ -29,6 +29,11 @@ def define_flags(flag_values, argv):
   flags.DEFINE_list('compare', [], 'report: more workdirs to put beside --workdir.',
                     flag_values=flag_values)
   flags.DEFINE_bool('progress', True, 'Show progress bars.', flag_values=flag_values)
+  flags.DEFINE_integer('cpu_devices', -1,
+                       'CPU only: run the (data,) mesh over N XLA host devices, one per '
+                       'core (-1 = auto: the cores, at most 8, dividing the batch sizes; '
+                       '1 = one device). See sglr_jax/host_devices.py.',
+                       flag_values=flag_values)
 
 
 def run_argv(argv, progress=True):
@@ -68,6 +73,13 @@ def run(fv, progress=True):
 
 
 def main(argv):
+  from sglr_jax import host_devices  # pylint: disable=g-import-not-at-top  (no jax)
+  if FLAGS.config is not None:  # before anything imports jax
+    try:
+      host_devices.configure(FLAGS.cpu_devices, FLAGS.config)
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
   from sglr_jax import checkpoints, config_check  # pylint: disable=g-import-not-at-top
   user_errors = [UserError, config_check.ConfigError, checkpoints.NoCheckpointError]
   try:

@@ -7,15 +7,17 @@ Ours and the reference alternate, and every line of output is one JSON measureme
 
   {"model", "attack", "ours_img_s", "reference_img_s", "ratio", ...}
 
-``ratio`` is ours / reference (> 1: ours is faster). Compilation is excluded (every
-attack is compiled once on a masked batch first); the reference's own start-up checks
-(a few forward passes) are included, as a user pays them.
+``ratio`` is ours / reference (> 1: ours is faster). Compilation is excluded
+(``compile_attacks`` compiles every program on a masked batch first) and reported as
+``ours_compile_s``; the reference's own start-up checks (a few forward passes) are
+included, as a user pays them.
 
-  python bench/attacks.py --quick              # small sizes, a few minutes on 2 cores
+  python bench/attacks.py --quick              # small sizes, ~10 minutes on 2 cores
   python bench/attacks.py --models resnet18 --attacks apgd-ce --n 64 --batch-size 64
 
-Weights are random (He-normal, BatchNorm at identity) and labels are the model's own
-clean predictions, so every point is attacked; ``--eps`` sets how many survive.
+Weights are random (He-normal, BatchNorm statistics calibrated on the points) and labels
+are the model's own clean predictions, so every point is attacked; ``--eps`` sets how
+many survive (see EPS below).
 """
 from __future__ import annotations
 
@@ -25,13 +27,18 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sglr_jax import models  # noqa: E402  pylint: disable=g-import-not-at-top
+from sglr_jax import host_devices  # noqa: E402  pylint: disable=g-import-not-at-top
+
+if __name__ == '__main__':
+  host_devices.one_per_core()  # ours as run.py runs it: one XLA device per core
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top
+import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from sglr_jax import models, parallel  # noqa: E402  pylint: disable=g-import-not-at-top
 from sglr_jax.attacks import autoattack as aa  # noqa: E402  pylint: disable=g-import-not-at-top
 
 INPUT_SHAPES = {'small_cnn': (28, 28, 1), 'resnet18': (32, 32, 3)}
@@ -146,23 +153,26 @@ def torch_model(name: str, model, variables):
   raise ValueError(f'no PyTorch port of {name!r}')
 
 
-def jax_backed_torch_model(logits_fn, bucket: int = 8):
+def jax_backed_torch_model(logits_fn, bucket: int = 8, compiler_options=None, sharding=None):
   """A PyTorch module whose forward is the jitted JAX ``logits_fn`` (through numpy) and
   whose backward is ``jax.vjp``: the reference can attack the JAX model itself.
 
   Batches are padded to a power of two (at least ``bucket``) so the reference's
-  shrinking subsets compile a handful of shapes, not one per size.
+  shrinking subsets compile a handful of shapes, not one per size. ``sharding``: where
+  the padded batches go (e.g. split over a mesh of host devices, as ours runs).
   """
   import torch  # pylint: disable=g-import-not-at-top
 
-  fwd = jax.jit(logits_fn)
-  vjp = jax.jit(lambda x, g: jax.vjp(logits_fn, x)[1](g)[0])
+  fwd = jax.jit(logits_fn, compiler_options=compiler_options)
+  vjp = jax.jit(lambda x, g: jax.vjp(logits_fn, x)[1](g)[0],
+                compiler_options=compiler_options)
 
   def pad(a):
     n, size = a.shape[0], bucket
     while size < n:
       size *= 2
-    return np.concatenate([a, np.zeros((size - n,) + a.shape[1:], a.dtype)]), n
+    a = np.concatenate([a, np.zeros((size - n,) + a.shape[1:], a.dtype)])
+    return (a if sharding is None else jax.device_put(a, sharding)), n
 
   def to_nhwc(x):
     return np.ascontiguousarray(x.detach().cpu().numpy().transpose(0, 2, 3, 1), np.float32)
@@ -228,18 +238,6 @@ def run_reference(torch_net, x, y, eps, *, attacks, batch_size, seed=0):
 
 # ------------------------------------------------------------------------------ bench
 
-def warm_up(logits_fn, attacks, cfg, batch_size, shape):
-  """Compiles every attack on a fully masked batch (its loops exit at once)."""
-  x = np.zeros((batch_size,) + shape, np.float32)
-  y = np.zeros(batch_size, np.int32)
-  mask = np.zeros(batch_size, bool)
-  ids = np.arange(batch_size, dtype=np.int32)
-  for name in attacks:
-    jax.block_until_ready(aa.attack_batch(logits_fn, name, cfg, x, y, mask, ids,
-                                          jax.random.key(0), jnp.float32(0.0)))
-  jax.block_until_ready(aa._predict_batch(logits_fn, x))  # pylint: disable=protected-access
-
-
 def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0):
   model = models.create_model(name, 10)
   shape = INPUT_SHAPES[name]
@@ -247,7 +245,8 @@ def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0
   variables = calibrate_batch_norm(model, numpy_init(model, (1,) + shape, seed), x[:64])
   logits_fn = lambda z: model.apply(variables, z, train=False)
   y = aa.predict(logits_fn, x, batch_size)
-  cfg = aa.AutoAttackConfig()
+  mesh = parallel.make_mesh(0)
+  sharding = parallel.batch_sharding(mesh) if batch_size % mesh.size == 0 else None
   net, logit_diff = None, None
   if reference:
     import torch  # pylint: disable=g-import-not-at-top
@@ -257,14 +256,18 @@ def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0
     logit_diff = float(np.abs(ref_logits - np.asarray(jax.jit(logits_fn)(x[:batch_size]))).max())
 
   for attack in attacks:
-    names = aa.STANDARD_ATTACKS if attack == 'autoattack' else (attack,)
-    warm_up(logits_fn, names, cfg, batch_size, shape)
+    names = aa.STANDARD_ATTACKS if attack.startswith('autoattack') else (attack,)
+    cfg = aa.AutoAttackConfig(early_stop=attack.endswith('-early'))
+    start = time.perf_counter()
+    aa.compile_attacks(logits_fn, shape, batch_size=batch_size, attacks=names, config=cfg,
+                       sharding=sharding)
+    compile_s = time.perf_counter() - start
     ours, ref, accs_ours, accs_ref = [], [], None, None
     for r in range(repeats):
       start = time.perf_counter()
       res = aa.run_autoattack(logits_fn, x, y, eps, key=jax.random.key(r),
                               batch_size=batch_size, attacks=names, config=cfg,
-                              progress=False)
+                              progress=False, sharding=sharding)
       ours.append(time.perf_counter() - start)
       accs_ours = dict(res['robust_acc_after'])
       if reference:
@@ -276,6 +279,8 @@ def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0
                 reference_img_s=n / float(np.median(ref)) if ref else None)
     line['ratio'] = line['ours_img_s'] / line['reference_img_s'] if ref else None
     line.update(n=n, batch_size=batch_size, eps=eps, repeats=repeats,
+                ours_devices=mesh.size if sharding is not None else 1,
+                ours_compile_s=round(compile_s, 2),
                 ours_s=[round(s, 2) for s in ours], reference_s=[round(s, 2) for s in ref],
                 robust_acc_ours=accs_ours, robust_acc_reference=accs_ref,
                 reference_logits_max_abs_diff=logit_diff,
@@ -288,27 +293,36 @@ def main(argv=None):
   p.add_argument('--quick', action='store_true', help='small sizes (minutes on 2 cores)')
   p.add_argument('--models', default='small_cnn,resnet18')
   p.add_argument('--attacks', default='apgd-ce,autoattack',
-                 help="comma list of 'apgd-ce', 'apgd-t', 'fab-t', 'square', 'autoattack'")
+                 help="comma list of 'apgd-ce', 'apgd-t', 'fab-t', 'square', 'autoattack' "
+                      "(the standard ensemble) or 'autoattack-early' (ours with early_stop; "
+                      "the reference line is its standard run)")
   p.add_argument('--n', type=int, default=0, help='points per model (0: by size)')
-  p.add_argument('--batch-size', type=int, default=0, help='0: = n, at most 250')
+  p.add_argument('--batch-size', type=int, default=0,
+                 help='0: by size (with --n: min(n, 250))')
   p.add_argument('--eps', type=float, default=0.0, help='0: per-model default (see EPS)')
-  p.add_argument('--repeats', type=int, default=0, help='0: 3 quick, else 1')
+  p.add_argument('--repeats', type=int, default=1)
   p.add_argument('--no-reference', action='store_true')
   a = p.parse_args(argv)
   reference = reference_available() and not a.no_reference
   if not reference and not a.no_reference:
     print('# torch/pyautoattack not importable: measuring ours only', file=sys.stderr)
-  sizes = {'small_cnn': 100 if a.quick else 500, 'resnet18': 8 if a.quick else 64}
+  # (points, batch size): several batches, so the robust set is regathered as in real use
+  sizes = {'small_cnn': (200, 50) if a.quick else (1000, 250),
+           'resnet18': (8, 8) if a.quick else (64, 32)}
   for name in a.models.split(','):
-    n = a.n or sizes[name]
-    bench_model(name, n=n, batch_size=a.batch_size or min(n, 250), eps=a.eps or EPS[name],
-                attacks=a.attacks.split(','), repeats=a.repeats or (3 if a.quick else 1),
+    n = a.n or sizes[name][0]
+    bs = a.batch_size or (sizes[name][1] if not a.n else min(a.n, 250))
+    bench_model(name, n=n, batch_size=bs, eps=a.eps or EPS[name],
+                attacks=a.attacks.split(','), repeats=a.repeats,
                 reference=reference)
 
 
-# Random weights and self-predicted labels: at these eps roughly half of the points
-# survive APGD-CE, so every attack of the ensemble has work (8/255 breaks them all).
-EPS = {'small_cnn': 1 / 255, 'resnet18': 0.25 / 255}
+# Random weights (BatchNorm calibrated) and self-predicted labels. small_cnn at 1/255:
+# about half of the points survive APGD-CE, so every attack of the ensemble has work.
+# resnet18 at 1/255: APGD-CE breaks every point (as on a non-robust trained model), so
+# its 'autoattack' line is APGD-CE plus the ensemble's bookkeeping; at 0.25/255 half
+# survive, but the other attacks then take hours on a 2-core CPU.
+EPS = {'small_cnn': 1 / 255, 'resnet18': 1 / 255}
 
 if __name__ == '__main__':
   main()

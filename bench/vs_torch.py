@@ -32,6 +32,22 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def _devices_from_argv(argv) -> int:
+  """``--devices N`` must act before jax is imported (it sets XLA_FLAGS)."""
+  for i, a in enumerate(argv):
+    if a.startswith('--devices='):
+      return int(a.split('=', 1)[1])
+    if a == '--devices' and i + 1 < len(argv):
+      return int(argv[i + 1])
+  return 1
+
+
+DEVICES = _devices_from_argv(sys.argv)
+if DEVICES > 1:
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             f' --xla_force_host_platform_device_count={DEVICES}').strip()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -106,7 +122,7 @@ def ours_at(name, batch, width):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
   labels = rng.integers(0, K, n).astype(np.int32)
-  mesh = parallel.make_mesh(1)
+  mesh = parallel.make_mesh(DEVICES)
   model = make_model(name, width, parallel.AXIS)
   st = state_lib.create_train_state(c, model, shape, labels, K, 4, jax.random.PRNGKey(0))
   st = jax.device_put(st, parallel.state_shardings(st, mesh, 'replicated'))
@@ -133,7 +149,8 @@ def _ours_vars(name, batch, width):
 
 def ours_pgd20(name, batch, width):
   model, variables, x = _ours_vars(name, batch, width)
-  mesh = parallel.make_mesh(1)
+  mesh = parallel.make_mesh(DEVICES)
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   step = steps_lib.make_eval_step(model, mesh, eps=EPS, step_size=STEP, steps=20)
   imgs = jnp.asarray(np.round(x * 255).astype(np.uint8))
   b = {'image': imgs, 'label': jnp.zeros(batch, jnp.int32),
@@ -150,8 +167,10 @@ def ours_apgd(name, batch, width):
   except (ImportError, AttributeError) as e:
     return None, f'sglr_jax.attacks.apgd.apgd_attack unavailable: {e!r}'
   model, variables, x = _ours_vars(name, batch, width)
+  mesh = parallel.make_mesh(DEVICES)
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   logits_fn = lambda z: model.apply(variables, z, train=False)
-  x = jnp.asarray(x)
+  x = jax.device_put(jnp.asarray(x), parallel.batch_sharding(mesh))
   y = jnp.argmax(logits_fn(x), -1)
   f = jax.jit(lambda x, y, k: fn(logits_fn, x, y, eps=EPS, key=k, n_iter=100, n_restarts=1))
   key = jax.random.PRNGKey(1)
@@ -307,6 +326,9 @@ def main():
   p.add_argument('--threads', type=int, default=2,
                  help='torch threads; for a 1-core comparison run under `taskset -c 0` '
                       '(XLA sizes its pool by the allowed cores)')
+  p.add_argument('--devices', type=int, default=1,
+                 help='ours on a (data,) mesh of N CPU devices (XLA_FLAGS '
+                      '--xla_force_host_platform_device_count; run.py --cpu_devices)')
   p.add_argument('--ab', action='store_true',
                  help='also time ours with the fast paths off, alternating with the rest')
   args = p.parse_args()
@@ -321,6 +343,8 @@ def main():
     out.update(torch_threads=args.threads, cores=len(os.sched_getaffinity(0)))
   if args.width:
     out['width'] = args.width
+  if DEVICES > 1:
+    out['devices'] = DEVICES
   maker = {'at': ours_at, 'pgd20': ours_pgd20}.get(args.mode)
 
   def build(fast):

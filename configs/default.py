@@ -27,6 +27,7 @@ def get_config():
   c.model.width = 0  # width override (0 = the architecture's own); tests use tiny widths
   c.model.depth = ()  # depth override (() = the architecture's own), see models.create_model
   c.model.dense = 0  # small_cnn: hidden dense units (0 = its own, 128)
+  c.model.features = ()  # small_cnn: conv widths, e.g. (64, 64) (() = its own, (32, 64))
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'at'  # 'at' (PGD-AT), 'ls' (AT + label smoothing), 'trades', 'te'
@@ -60,6 +61,7 @@ def get_config():
   c.eval.num_examples = 0  # --mode=eval: first N test points (0 = all)
   c.eval.suite = ('natural', 'pgd20')  # --mode=eval: metrics to compute
   c.eval.autoattack_examples = 1000  # AutoAttack on the first N test points
+  c.eval.autoattack_budget = 'standard'  # 'standard' (the reference's) or 'smoke' (tests only)
   c.eval.transfer_from = ''  # workdir of the source model for the transfer attack
 
   c.train = ml_collections.ConfigDict()

@@ -34,9 +34,16 @@ def validate(config) -> None:
   _choice('data.noise.kind', config.data.noise.kind, ('none', 'symmetric', 'asymmetric'))
   _unit('data.noise.rate', config.data.noise.rate)
   _choice('model.name', config.model.name, models.MODEL_NAMES)
-  if config.model.get('dense') and config.model.name != 'small_cnn':
-    raise ConfigError(f'model.dense={config.model.dense!r} applies to small_cnn only '
-                      f'(model.name={config.model.name!r}); set it to 0')
+  for field, unset in (('dense', '0'), ('features', '()')):
+    if config.model.get(field) and config.model.name != 'small_cnn':
+      raise ConfigError(f'model.{field}={config.model[field]!r} applies to small_cnn only '
+                        f'(model.name={config.model.name!r}); set it to {unset}')
+  features = tuple(config.model.get('features') or ())
+  if not all(isinstance(f, int) and f > 0 for f in features):
+    raise ConfigError(f'model.features={features!r}: positive integers, one per conv layer')
+  if features and config.model.width:
+    raise ConfigError('model.features and model.width both set the conv widths; set one '
+                      '(model.width=0 or model.features=())')
   _choice('objective.name', config.objective.name, objectives.OBJECTIVES)
   _unit('objective.ls_eps', config.objective.ls_eps)
   _unit('objective.te_momentum', config.objective.te_momentum)
@@ -78,6 +85,8 @@ def validate(config) -> None:
     raise ConfigError(f'optim.lr={config.optim.lr!r} must be > 0')
   for m in config.eval.suite:
     _choice('eval.suite entry', m, EVAL_METRICS)
+  _choice('eval.autoattack_budget', config.eval.get('autoattack_budget', 'standard'),
+          ('standard', 'smoke'))
   if 'transfer' in config.eval.suite and not config.eval.transfer_from:
     raise ConfigError("eval.suite has 'transfer' but eval.transfer_from is empty; "
                       'set it to the source model\'s workdir')

@@ -43,6 +43,8 @@ class Setup:
 
 def build_model(config, num_classes):
   extra = {'dense': int(config.model.dense)} if config.model.get('dense') else {}
+  if config.model.get('features'):
+    extra['features'] = tuple(int(f) for f in config.model.features)
   return models.create_model(config.model.name, num_classes, width=config.model.width,
                              depth=tuple(config.model.depth), bn_axis_name=parallel.AXIS, **extra)
 

@@ -45,7 +45,7 @@ def test_every_config_is_covered():
 def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
   c = importlib.import_module(f'configs.{name}').get_config()
   width, depth = TINY_MODEL[c.model.name]
-  c.model.width, c.model.depth, c.model.dense = width, depth, 0
+  c.model.width, c.model.depth, c.model.dense, c.model.features = width, depth, 0, ()
   c.data.data_dir = cifar_dir
   c.data.train_size, c.data.test_size = 16, 8
   c.train.batch_size, c.train.epochs = 8, 1  # 16 / 8 = two steps

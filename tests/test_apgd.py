@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import O2
 from sglr_jax import models
 from sglr_jax.attacks import apgd, losses
 
@@ -166,7 +167,7 @@ def apgd_linf(cnn):
   every test below shares one compilation."""
   logits_fn = cnn[0]
   return jax.jit(lambda x, y, key, eps, mask: apgd.apgd_attack(
-      logits_fn, x, y, eps=eps, key=key, n_iter=100, mask=mask))
+      logits_fn, x, y, eps=eps, key=key, n_iter=100, mask=mask), compiler_options=O2)
 
 
 def _check_feasible(x_adv, x, eps, norm):
@@ -200,7 +201,8 @@ def test_apgd_l2_feasible_and_unchanged_where_robust(cnn):
   logits_fn, x, y = cnn
   eps = 0.25
   x_adv = jax.jit(lambda x, y: apgd.apgd_attack(
-      logits_fn, x, y, eps=eps, key=jax.random.key(0), norm='L2', n_iter=10))(x, y)
+      logits_fn, x, y, eps=eps, key=jax.random.key(0), norm='L2', n_iter=10),
+                  compiler_options=O2)(x, y)
   _check_feasible(x_adv, x, eps, 'L2')
   fooled = _fooled(logits_fn, x_adv, y)
   assert 0 < fooled.mean() < 1
@@ -237,7 +239,8 @@ def test_apgd_ce_at_least_as_strong_as_pgd20(cnn, apgd_linf):
   logits_fn, x, y = cnn
   eps = 1.5 / 255
   acc = lambda xa: float(jnp.mean(jnp.argmax(logits_fn(xa), -1) == y))
-  x_pgd = jax.jit(lambda x, y: _pgd(logits_fn, x, y, eps, jax.random.key(5)))(x, y)
+  x_pgd = jax.jit(lambda x, y: _pgd(logits_fn, x, y, eps, jax.random.key(5)),
+                  compiler_options=O2)(x, y)
   x_apgd = apgd_linf(x, y, jax.random.key(0), eps, jnp.ones(64, bool))
   _check_feasible(x_apgd, x, eps, 'Linf')
   acc_pgd, acc_apgd = acc(x_pgd), acc(x_apgd)
@@ -248,7 +251,8 @@ def test_apgd_ce_at_least_as_strong_as_pgd20(cnn, apgd_linf):
 def test_apgd_targeted_feasible_and_deterministic(cnn):
   logits_fn, x, y = cnn
   run = jax.jit(lambda x, y, key: apgd.apgd_targeted_attack(
-      logits_fn, x, y, eps=2 / 255, key=key, n_iter=10, n_target_classes=3))
+      logits_fn, x, y, eps=2 / 255, key=key, n_iter=10, n_target_classes=3),
+                compiler_options=O2)
   a = run(x, y, jax.random.key(3))
   b = run(x, y, jax.random.key(3))
   _check_feasible(a, x, 2 / 255, 'Linf')
@@ -268,7 +272,8 @@ def test_apgd_early_stop_same_verdicts_earlier_points(cnn, apgd_linf):
   full = apgd_linf(x, y, jax.random.key(0), EPS, jnp.ones(64, bool))
   fooled = jnp.asarray(_fooled(logits_fn, full, y))
   early = jax.jit(lambda x, y, key, mask: apgd.apgd_attack(
-      logits_fn, x, y, eps=EPS, key=key, n_iter=100, mask=mask, early_stop=True))
+      logits_fn, x, y, eps=EPS, key=key, n_iter=100, mask=mask, early_stop=True),
+                  compiler_options=O2)
   # attacking only points the full run fools, every run ends as soon as all are fooled
   a = early(x, y, jax.random.key(0), fooled)
   _check_feasible(a, x, EPS, 'Linf')

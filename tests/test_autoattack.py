@@ -7,13 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import O2
 from sglr_jax import models
+from sglr_jax.attacks import apgd, square
 from sglr_jax.attacks import autoattack as aa
 
 # Few iterations, queries and targets: the full standard budget is for evaluations.
 SMALL = aa.AutoAttackConfig(apgd_n_iter=20, apgd_t_n_iter=10, apgd_t_n_target_classes=3,
-                            fab_n_iter=10, fab_n_target_classes=3, square_n_queries=100)
+                            fab_n_iter=10, fab_n_target_classes=3, square_n_queries=100,
+                            square_queries_per_call=25)
 BATCH = 32
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _optimised(optimised_autoattack):  # pylint: disable=unused-argument
+  yield
 
 
 def numpy_init(model, shape, seed=0):
@@ -76,7 +84,7 @@ def test_ensemble_feasible_and_consistent(cnn, cnn_run):
 
 def test_ensemble_deterministic_and_compiled_once(cnn, cnn_run):
   logits_fn, x, y = cnn
-  compiled = aa.attack_batch._cache_size()
+  compiled = aa.compiled_programs()
   again = aa.run_autoattack(logits_fn, x, y, 1 / 255, key=jax.random.key(0),
                             batch_size=BATCH, config=SMALL, progress=False)
   np.testing.assert_array_equal(again['x_adv'], cnn_run['x_adv'])
@@ -84,9 +92,28 @@ def test_ensemble_deterministic_and_compiled_once(cnn, cnn_run):
   other = aa.run_autoattack(logits_fn, x[:37], y[:37], 1.5 / 255, key=jax.random.key(1),
                             batch_size=BATCH, config=SMALL, progress=True)
   # new data size, eps, key and robust set: nothing recompiles
-  assert aa.attack_batch._cache_size() == compiled
+  assert aa.compiled_programs() == compiled
   _check_result(other, logits_fn, x[:37], y[:37], 1.5 / 255)
   assert not np.array_equal(other['x_adv'], cnn_run['x_adv'][:37])
+
+
+def test_variables_as_an_argument_match_and_a_new_checkpoint_compiles_nothing(cnn, cnn_run):
+  """--mode=eval passes each checkpoint's variables as an argument of the programs
+  (``variables=``): the numbers of the closed-over model, and the second checkpoint
+  reuses every compiled program."""
+  _, x, y = cnn
+  model = models.create_model('small_cnn', 10, width=8)
+  model_fn = lambda v, z: model.apply(v, z, train=False)
+  run = lambda seed: aa.run_autoattack(
+      model_fn, x, y, 1 / 255, key=jax.random.key(0), batch_size=BATCH, config=SMALL,
+      progress=False, variables=numpy_init(model, (1, 28, 28, 1), seed=seed))
+  same = run(3)  # the weights of the cnn fixture
+  np.testing.assert_array_equal(same['robust'], cnn_run['robust'])
+  np.testing.assert_allclose(same['x_adv'], cnn_run['x_adv'], atol=1e-5, rtol=0)
+  compiled = aa.compiled_programs()
+  other = run(4)
+  assert aa.compiled_programs() == compiled
+  assert not np.array_equal(other['x_adv'], same['x_adv'])  # other weights, other points
 
 
 def test_eps_zero_gives_clean_accuracy(cnn):
@@ -103,6 +130,30 @@ def test_untrained_model_near_zero_at_8_255(cnn):
                           config=SMALL, progress=False)
   _check_result(res, logits_fn, x, y, 8 / 255)
   assert res['robust_acc_after']['square'] <= 0.05
+
+
+@pytest.mark.parametrize('name,eps', [('apgd-t', 1 / 255), ('square', 6 / 255)])
+def test_regathered_runs_match_the_single_call_attack(cnn, name, eps):
+  """The ensemble regathers the robust points between target classes (and every few
+  Square queries) into new batches; per point this must change nothing: same keys,
+  same runs, same result as one call of the attack on all points."""
+  logits_fn, x, y = cnn
+  key = jax.random.key(0)
+  akey = jax.random.fold_in(key, aa.ATTACKS.index(name))
+  ids = np.arange(len(x), dtype=np.int32)
+  if name == 'apgd-t':
+    fn = lambda x, y: apgd.apgd_targeted_attack(
+        logits_fn, x, y, eps=eps, key=akey, n_iter=SMALL.apgd_t_n_iter, example_ids=ids,
+        n_target_classes=SMALL.apgd_t_n_target_classes)
+  else:
+    fn = lambda x, y: square.square_attack(logits_fn, x, y, eps=eps, key=akey,
+                                           n_queries=SMALL.square_n_queries, example_ids=ids)
+  direct = np.asarray(jax.jit(fn, compiler_options=O2)(x, y))
+  res = aa.run_autoattack(logits_fn, x, y, eps, key=key, batch_size=BATCH, attacks=(name,),
+                          config=SMALL, progress=False)
+  np.testing.assert_array_equal(aa.predict(logits_fn, direct, BATCH) == y, res['robust'])
+  np.testing.assert_allclose(res['x_adv'], direct, atol=1e-6, rtol=0)
+  assert res['robust'].mean() < res['clean_acc']
 
 
 # ------------------------------------------------------------------------ affine model

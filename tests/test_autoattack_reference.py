@@ -27,6 +27,7 @@ if os.environ.get('SGLR_REFERENCE_TESTS') != '1':
               allow_module_level=True)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import O2
 from bench import attacks as bench
 from sglr_jax import models
 from sglr_jax.attacks import autoattack as aa
@@ -36,6 +37,11 @@ EPS = 1.5 / 255   # the untrained net below keeps ~60% after APGD-CE: every atta
 TOLERANCE = 0.01  # one percentage point
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _optimised(optimised_autoattack):  # pylint: disable=unused-argument
+  yield
+
+
 @pytest.fixture(scope='module')
 def problem():
   model = models.create_model('small_cnn', 10, width=8)
@@ -43,7 +49,7 @@ def problem():
   variables = bench.calibrate_batch_norm(model, bench.numpy_init(model, (1, 28, 28, 1)), x[:64])
   logits_fn = lambda z: model.apply(variables, z, train=False)
   y = aa.predict(logits_fn, x, N)
-  return logits_fn, x, y, bench.jax_backed_torch_model(logits_fn)
+  return logits_fn, x, y, bench.jax_backed_torch_model(logits_fn, compiler_options=O2)
 
 
 def _report(tag, ours, ref):

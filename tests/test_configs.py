@@ -31,6 +31,8 @@ BAD = [
     ('sglr.momentum', -0.5, 'sglr.momentum'),
     ('sglr.start_epoch', 3, 'sglr.start_epoch'),
     ('sglr.table_sharding', 'striped', 'sglr.table_sharding'),
+    ('model.features', (64, 0), 'model.features'),
+    ('eval.autoattack_budget', 'fast', 'eval.autoattack_budget'),
 ]
 
 
@@ -75,3 +77,21 @@ def test_readme_lists_every_config_file():
   readme = open(os.path.join(ROOT, 'README.md')).read()
   missing = [n for n in CONFIGS if f'configs/{n}.py' not in readme]
   assert not missing, f'README does not list {missing}'
+
+
+def test_small_cnn_features_and_dense_from_config():
+  """The METHOD.md probe's net (conv64-s2, conv64-s2, dense 1024), hand-counted:
+  3*3*1*64 + 3*3*64*64 conv kernels, 2 x (64 scale + 64 bias) BatchNorm,
+  (7*7*64)*1024 + 1024 dense, 1024*10 + 10 output."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sglr_jax import train  # pylint: disable=g-import-not-at-top
+  c = tiny_config(**{'model.features': (64, 64), 'model.dense': 1024, 'model.width': 0})
+  config_check.validate(c)
+  model = train.build_model(c, 10)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 28, 28, 1)),
+                                             train=False))
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes['params']))
+  assert count == 9 * 64 + 9 * 64 * 64 + 2 * 128 + 7 * 7 * 64 * 1024 + 1024 + 10250
+  with pytest.raises(config_check.ConfigError, match='model.features'):
+    config_check.validate(tiny_config(**{'model.features': (64, 64), 'model.width': 8}))

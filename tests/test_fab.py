@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
+from conftest import O2
 from sglr_jax import models
 from sglr_jax.attacks import fab
 
@@ -121,7 +122,7 @@ def test_fab_finds_the_minimal_distance_on_an_affine_model():
   y = z.argmax(1)
   target = np.argsort(z, 1)[:, -2]
   adv, found = jax.jit(lambda x, y, t: fab.fab_targeted_single_run(
-      logits_fn, x, y, t, None, eps=0.1, n_iter=30))(x, y, target)
+      logits_fn, x, y, t, None, eps=0.1, n_iter=30), compiler_options=O2)(x, y, target)
   adv, found = np.asarray(adv), np.asarray(found)
   flat = x.reshape(n, -1)
 
@@ -166,7 +167,8 @@ def test_fab_targeted_on_cnn_feasible_unchanged_and_deterministic():
   y = jnp.argmax(jax.jit(logits_fn)(x), -1)
   eps = 2 / 255
   run = jax.jit(lambda x, y, key: fab.fab_targeted_attack(
-      logits_fn, x, y, eps=eps, key=key, n_iter=10, n_target_classes=3))
+      logits_fn, x, y, eps=eps, key=key, n_iter=10, n_target_classes=3),
+                compiler_options=O2)
   a = np.asarray(run(x, y, jax.random.key(0)))
   b = np.asarray(run(x, y, jax.random.key(0)))
   np.testing.assert_array_equal(a, b)
@@ -179,7 +181,7 @@ def test_fab_targeted_on_cnn_feasible_unchanged_and_deterministic():
   # early stop on the points it fools: same verdicts, but not the smallest perturbations
   early = jax.jit(lambda x, y, key, mask: fab.fab_targeted_attack(
       logits_fn, x, y, eps=eps, key=key, n_iter=10, n_target_classes=3, mask=mask,
-      early_stop=True))(x, y, jax.random.key(0), fooled)
+      early_stop=True), compiler_options=O2)(x, y, jax.random.key(0), fooled)
   early = np.asarray(early)
   assert np.abs(early - x).max() <= eps + 1e-6
   np.testing.assert_array_equal(np.asarray(jnp.argmax(logits_fn(early), -1) != y), fooled)

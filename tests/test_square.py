@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import O2
 from sglr_jax import models
 from sglr_jax.attacks import square
 
@@ -57,7 +58,7 @@ def setup():
   x = jnp.asarray(np.random.default_rng(2).uniform(size=(32, 28, 28, 1)), jnp.float32)
   y = jnp.argmax(jax.jit(logits_fn)(x), -1)
   run = jax.jit(lambda x, y, key, eps, mask: square.square_attack(
-      logits_fn, x, y, eps=eps, key=key, n_queries=100, mask=mask))
+      logits_fn, x, y, eps=eps, key=key, n_queries=100, mask=mask), compiler_options=O2)
   return logits_fn, x, y, run
 
 

@@ -25,7 +25,7 @@ TINY_FLAGS = ['--config.model.width=8', '--config.data.train_size=256',
               '--config.data.test_size=100', '--config.train.batch_size=64',
               '--config.train.epochs=3', '--config.schedule.decay_epochs=(2,)',
               '--config.attack.steps=2', '--config.eval.steps=3', '--config.eval.batch_size=50',
-              '--config.sglr.start_epoch=1']
+              '--config.sglr.start_epoch=1', '--config.eval.autoattack_budget=smoke']
 
 
 @pytest.fixture(scope='module')
@@ -60,7 +60,16 @@ def test_eval_mode_writes_results(trained):
     assert r['natural_acc'] == pytest.approx(hist[r['epoch']]['test_natural_acc'])
     assert r['pgd20_acc'] == pytest.approx(hist[r['epoch']]['test_pgd20_acc'])
   assert res['diff']['pgd20_acc'] == pytest.approx(res['best']['pgd20_acc'] - res['final']['pgd20_acc'])
+  for kind in ('best', 'final'):  # the main job's suite: AutoAttack (smoke budget here), ECE
+    r = res[kind]
+    after = list(r['autoattack_after'].values())
+    assert list(r['autoattack_after']) == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    assert r['autoattack_acc'] == after[-1] <= r['natural_acc']
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert 0 <= r['ece_clean'] <= 1 and 0 <= r['ece_adv'] <= 1
+  assert res['eval_config']['autoattack_budget'] == 'smoke'
   md = open(os.path.join(trained, 'results.md')).read()
+  assert '| AutoAttack (smoke budget) |' in md and '| ECE clean |' in md
   assert '| PGD-20 |' in md and f"{100 * res['final']['natural_acc']:.2f}" in md
 
 

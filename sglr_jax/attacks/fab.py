@@ -12,8 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sglr_jax.attacks.apgd import (LogitsFn, _initial, _run_until_fooled, example_keys,
-                                   fold_keys, linf_norm, per_example, target_labels)
+from sglr_jax.attacks.apgd import (LogitsFn, _initial, _run_until_fooled, check_targets,
+                                   example_keys, fast_convs, fold_keys, linf_norm,
+                                   per_example, target_labels)
 
 
 def projection_linf(t, w, b, n_bisect: int = 40):
@@ -73,6 +74,7 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
   flat = lambda v: v.reshape(b, -1)
   rows = jnp.arange(b)
 
+  @fast_convs
   def diff_and_grad(x1):
     def f(z):
       logits = logits_fn(z)
@@ -121,6 +123,30 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
   return adv, best < 1e10
 
 
+def fab_targeted_run(logits_fn: LogitsFn, x, y, run, *, eps, key, n_iter: int = 100,
+                     n_restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
+                     beta: float = 0.9, active=None, example_ids=None,
+                     early_stop: bool = False, clean_logits=None):
+  """Run number ``run`` (may be traced) of FAB-T: ``(x_candidate, robust)``.
+
+  Runs are numbered restart-fastest: run ``r`` targets the class ranked
+  ``2 + r // n_restarts`` by the clean logits, from a random start unless it is a
+  target's first restart. A point is fooled when FAB found a misclassified point
+  within ``eps`` (``x_candidate``; ``x`` elsewhere).
+  """
+  if clean_logits is None:
+    clean_logits = logits_fn(x)
+  target = target_labels(clean_logits, 2 + run // n_restarts)
+  keys = fold_keys(example_keys(key, x.shape[0], example_ids), run)
+  adv, found = fab_targeted_single_run(
+      logits_fn, x, y, target, keys, eps=eps, n_iter=n_iter, alpha_max=alpha_max,
+      eta=eta, beta=beta, active=active, early_stop=early_stop,
+      rand_start=(run % n_restarts) > 0 if n_restarts > 1 else False)
+  adv = jnp.where(per_example(found, x), adv, x)
+  robust = (jnp.argmax(logits_fn(adv), -1) == y) | (linf_norm(x - adv) > eps)
+  return adv, robust
+
+
 def fab_targeted_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_iter: int = 100,
                         n_restarts: int = 1, n_target_classes: int = 9,
                         alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
@@ -132,20 +158,13 @@ def fab_targeted_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_iter: int = 10
   (``x`` where no attack succeeded).
   """
   clean_logits, robust0 = _initial(logits_fn, x, y, mask)
-  k = clean_logits.shape[-1]
-  if n_target_classes > k - 1:
-    raise ValueError(f'n_target_classes={n_target_classes} but only {k - 1} other classes')
-  keys = example_keys(key, x.shape[0], example_ids)
+  check_targets(clean_logits.shape[-1], n_target_classes)
 
   def run(r, active):
-    target = target_labels(clean_logits, 2 + r // n_restarts)
-    adv, found = fab_targeted_single_run(
-        logits_fn, x, y, target, fold_keys(keys, r), eps=eps, n_iter=n_iter,
-        alpha_max=alpha_max, eta=eta, beta=beta, active=active, early_stop=early_stop,
-        rand_start=(r % n_restarts) > 0 if n_restarts > 1 else False)
-    adv = jnp.where(per_example(found, x), adv, x)
-    robust = (jnp.argmax(logits_fn(adv), -1) == y) | (linf_norm(x - adv) > eps)
-    return adv, robust
+    return fab_targeted_run(logits_fn, x, y, r, eps=eps, key=key, n_iter=n_iter,
+                            n_restarts=n_restarts, alpha_max=alpha_max, eta=eta, beta=beta,
+                            active=active, example_ids=example_ids, early_stop=early_stop,
+                            clean_logits=clean_logits)
 
   x_adv, _ = _run_until_fooled(x, robust0, n_target_classes * n_restarts, run)
   return x_adv

@@ -12,6 +12,7 @@ leaves every point's distribution of proposals unchanged.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,37 +56,54 @@ def _margin(logits_fn, x, y):
   return -losses.margin(logits_fn(x), y)
 
 
-def square_single_run(logits_fn: LogitsFn, x, y, keys, active, *, eps,
-                      n_queries: int = 5000, p_init: float = 0.8,
-                      rescale_schedule: bool = False):
-  """One Square run on the points in ``active``; returns the best point per example."""
-  b, h, w, c = x.shape
-  sizes = jnp.asarray(square_sizes(h, w, n_queries, p_init, rescale_schedule))
+class SquareState(NamedTuple):
+  """Per-example state carried across queries."""
+  x_best: jax.Array       # [B, H, W, C]
+  margin_min: jax.Array   # [B] > 0 while still correctly classified
+  loss_min: jax.Array     # [B] (the margin loss)
 
+
+def square_keys(key, batch_size: int, example_ids=None, restart=0):
+  """Per-example keys of one restart: ``fold_in(fold_in(key, id), restart)``."""
+  return fold_keys(example_keys(key, batch_size, example_ids), restart)
+
+
+def square_init(logits_fn: LogitsFn, x, y, keys, *, eps, n_queries: int = 5000):
+  """The start: vertical stripes of +-eps (per example, column and channel)."""
+  _, _, w, c = x.shape
   k_init = fold_keys(keys, n_queries)  # queries use 0 .. n_queries - 1
   stripes = jax.vmap(lambda k: jax.random.rademacher(k, (1, w, c), jnp.float32))(k_init)
   x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
-  margin_min = _margin(logits_fn, x_best, y)
-  loss_min = margin_min
+  margin = _margin(logits_fn, x_best, y)
+  return SquareState(x_best, margin, margin)
+
+
+def square_queries(logits_fn: LogitsFn, x, y, state: SquareState, keys, active, *, eps,
+                   start=0, stop=None, n_queries: int = 5000, p_init: float = 0.8,
+                   rescale_schedule: bool = False) -> SquareState:
+  """Queries ``start`` (may be traced) up to ``stop`` (default ``n_queries``) on the points
+  of ``active`` still correctly classified; ends early once none is."""
+  b, h, w, c = x.shape
+  sizes = jnp.asarray(square_sizes(h, w, n_queries, p_init, rescale_schedule))
+  stop = n_queries if stop is None else jnp.minimum(stop, n_queries)
   rows = jnp.arange(h)[None, :, None, None]
   cols = jnp.arange(w)[None, None, :, None]
 
   def cond(s):
-    it, _, margin_min, _ = s
-    return (it < n_queries) & jnp.any(active & (margin_min > 0))
+    it, st = s
+    return (it < stop) & jnp.any(active & (st.margin_min > 0))
 
   def body(s):
-    it, x_best, margin_min, loss_min = s
+    it, (x_best, margin_min, loss_min) = s
     todo = active & (margin_min > 0)
     size = sizes[it]
     k3 = jax.vmap(lambda k: jax.random.split(k, 3))(fold_keys(keys, it))
-    span = (h - size).astype(jnp.float32)
-    vh = jnp.floor(span * jax.vmap(jax.random.uniform)(k3[:, 0])).astype(jnp.int32)
-    span = (w - size).astype(jnp.float32)
-    vw = jnp.floor(span * jax.vmap(jax.random.uniform)(k3[:, 1])).astype(jnp.int32)
+    # the reference's random_int(0, h - s): floor(U * (h - s)), never h - s itself
+    vh = jnp.floor((h - size) * jax.vmap(jax.random.uniform)(k3[:, 0])).astype(jnp.int32)
+    vw = jnp.floor((w - size) * jax.vmap(jax.random.uniform)(k3[:, 1])).astype(jnp.int32)
     sign = jax.vmap(lambda k: jax.random.rademacher(k, (1, 1, c), jnp.float32))(k3[:, 2])
     vh, vw = per_example(vh, x), per_example(vw, x)
-    window = ((rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size))
+    window = (rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size)
     x_new = x_best + window.astype(x.dtype) * (2.0 * eps) * sign
     x_new = jnp.clip(jnp.clip(x_new, x - eps, x + eps), 0.0, 1.0)
     margin = _margin(logits_fn, x_new, y)
@@ -95,10 +113,21 @@ def square_single_run(logits_fn: LogitsFn, x, y, keys, active, *, eps,
     improved = (improved | (margin <= 0)) & todo
     margin_min = jnp.where(improved, margin, margin_min)
     x_best = jnp.where(per_example(improved, x), x_new, x_best)
-    return it + 1, x_best, margin_min, loss_min
+    return it + 1, SquareState(x_best, margin_min, loss_min)
 
-  _, x_best, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), x_best, margin_min, loss_min))
-  return x_best
+  _, state = jax.lax.while_loop(cond, body, (jnp.asarray(start, jnp.int32), state))
+  return state
+
+
+def square_single_run(logits_fn: LogitsFn, x, y, keys, active, *, eps,
+                      n_queries: int = 5000, p_init: float = 0.8,
+                      rescale_schedule: bool = False):
+  """One Square run on the points in ``active``; returns the best point per example."""
+  state = square_init(logits_fn, x, y, keys, eps=eps, n_queries=n_queries)
+  state = square_queries(logits_fn, x, y, state, keys, active, eps=eps,
+                         n_queries=n_queries, p_init=p_init,
+                         rescale_schedule=rescale_schedule)
+  return state.x_best
 
 
 def square_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_queries: int = 5000,
@@ -110,13 +139,12 @@ def square_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_queries: int = 5000,
   Returns ``x_adv`` (``x`` where no query succeeded).
   """
   _, robust0 = _initial(logits_fn, x, y, mask)
-  keys = example_keys(key, x.shape[0], example_ids)
 
   def run(r, robust):
     # only the points still robust are attacked, as in the reference
     x_best = square_single_run(
-        logits_fn, x, y, fold_keys(keys, r), robust, eps=eps, n_queries=n_queries,
-        p_init=p_init, rescale_schedule=rescale_schedule)
+        logits_fn, x, y, square_keys(key, x.shape[0], example_ids, r), robust, eps=eps,
+        n_queries=n_queries, p_init=p_init, rescale_schedule=rescale_schedule)
     return x_best, jnp.argmax(logits_fn(x_best), -1) == y
 
   x_adv, _ = _run_until_fooled(x, robust0, n_restarts, run)
