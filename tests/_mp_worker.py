@@ -47,20 +47,27 @@ def config(**overrides):
 
 
 def cli_flags(**overrides) -> list[str]:
-  """``--config.a.b=v`` flags giving run.py the same config as ``config(**overrides)``."""
+  """``--config.a.b=v`` flags giving run.py the same config as ``config(**overrides)``:
+  every field where the tests' tiny config differs from configs/mnist_sglr.py."""
+  import importlib  # pylint: disable=g-import-not-at-top
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  base = tiny_config('mnist_sglr')
-  fields = {'model.width': base.model.width, 'data.train_size': base.data.train_size,
-            'data.test_size': base.data.test_size, 'train.batch_size': base.train.batch_size,
-            'train.epochs': base.train.epochs, 'schedule.decay_epochs': base.schedule.decay_epochs,
-            'attack.steps': base.attack.steps, 'eval.steps': base.eval.steps,
-            'eval.batch_size': base.eval.batch_size, 'sglr.start_epoch': base.sglr.start_epoch,
-            **MP_OVERRIDES, **overrides}
+  plain = dict(_flat(importlib.import_module('configs.mnist_sglr').get_config()))
+  fields = {k: v for k, v in _flat(tiny_config('mnist_sglr')) if plain[k] != v}
+  fields.update({**MP_OVERRIDES, **overrides})
   out = ['--config=configs/mnist_sglr.py']
   for k, v in fields.items():
-    v = f'({",".join(map(str, v))},)' if isinstance(v, tuple) else v
+    v = f'({",".join(map(str, v))}{"," if v else ""})' if isinstance(v, tuple) else v
     out.append(f'--config.{k}={v}')
   return out
+
+
+def _flat(c, prefix=''):
+  """``(dotted field, value)`` of a ConfigDict."""
+  for k, v in c.items():
+    if hasattr(v, 'items'):
+      yield from _flat(v, f'{prefix}{k}.')
+    else:
+      yield prefix + k, v
 
 
 def batches(s, start: int = 0):
