@@ -30,21 +30,28 @@ __all__ = ['conv_general_dilated', 'enabled_default', 'set_enabled', 'input_laye
            'MAX_IN_CHANNELS']
 
 MAX_IN_CHANNELS = 4
-_ENABLED: Optional[bool] = None
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
-def enabled_default() -> bool:
-  """On by default only on CPU."""
-  if _ENABLED is not None:
-    return _ENABLED
-  return jax.default_backend() == 'cpu'
+class CpuOnlySwitch:
+  """On/off state of a CPU-only path: on by default only on CPU, read at trace time."""
+
+  def __init__(self):
+    self._forced: Optional[bool] = None
+
+  def enabled(self) -> bool:
+    if self._forced is not None:
+      return self._forced
+    return jax.default_backend() == 'cpu'
+
+  def set(self, value: Optional[bool]) -> None:
+    """Force on/off (``None``: on CPU only)."""
+    self._forced = value
 
 
-def set_enabled(value: Optional[bool]) -> None:
-  """Force on/off (``None``: on CPU only). Read at trace time."""
-  global _ENABLED
-  _ENABLED = value
+_SWITCH = CpuOnlySwitch()
+enabled_default = _SWITCH.enabled
+set_enabled = _SWITCH.set
 
 
 def _plain(x, w, pads):

@@ -14,27 +14,18 @@ everything else, and every other backend, calls ``nn.max_pool`` unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sglr_jax.fastconv import CpuOnlySwitch
+
 __all__ = ['max_pool', 'blocked_max_pool', 'enabled_default', 'set_enabled']
 
-_ENABLED: Optional[bool] = None
-
-
-def enabled_default() -> bool:
-  if _ENABLED is not None:
-    return _ENABLED
-  return jax.default_backend() == 'cpu'
-
-
-def set_enabled(value: Optional[bool]) -> None:
-  """Force on/off (``None``: on CPU only). Read at trace time."""
-  global _ENABLED
-  _ENABLED = value
+_SWITCH = CpuOnlySwitch()
+enabled_default = _SWITCH.enabled  # on by default only on CPU
+set_enabled = _SWITCH.set  # force on/off (None: on CPU only); read at trace time
 
 
 def _windows(x, window):
