@@ -45,7 +45,9 @@ INPUT_SHAPES = {'small_cnn': (28, 28, 1), 'resnet18': (32, 32, 3)}
 
 
 def numpy_init(model, shape, seed=0):
-  """He-normal conv/dense weights, BatchNorm at identity, drawn with numpy (fast)."""
+  """He-normal conv/dense weights, BatchNorm at identity, drawn with numpy: flax's jitted
+  init compiles one threefry kernel per parameter, seconds on a 2-core CPU (the attack
+  tests use it too)."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
   rng = np.random.default_rng(seed)
 

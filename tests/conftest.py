@@ -77,3 +77,16 @@ def optimised_autoattack():
   yield aa
   for n, f in saved.items():
     setattr(aa, n, f)
+
+
+def check_linf_attack(x_adv, x, y, eps, logits_fn):
+  """An Linf attack's output (numpy): no NaN, in [0, 1], within ``eps`` (+1e-6); it fools
+  some points but not all, and returns the points it does not fool unchanged. Returns
+  the fooled mask."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert not np.isnan(x_adv).any() and x_adv.min() >= 0 and x_adv.max() <= 1
+  assert np.abs(x_adv - x).max() <= eps + 1e-6
+  fooled = np.asarray(np.argmax(np.asarray(logits_fn(x_adv)), -1) != np.asarray(y))
+  assert 0 < fooled.mean() < 1
+  np.testing.assert_array_equal(x_adv[~fooled], x[~fooled])
+  return fooled

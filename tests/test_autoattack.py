@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bench.attacks import numpy_init
 from conftest import O2
 from sglr_jax import models
 from sglr_jax.attacks import apgd, square
@@ -22,20 +23,6 @@ BATCH = 32
 @pytest.fixture(scope='module', autouse=True)
 def _optimised(optimised_autoattack):  # pylint: disable=unused-argument
   yield
-
-
-def numpy_init(model, shape, seed=0):
-  """He-normal weights from numpy (flax's jitted init compiles slowly on CPU)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == 'kernel':
-      return jnp.asarray(rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1])),
-                         jnp.float32)
-    return jnp.full(s.shape, 1.0 if name in ('scale', 'var') else 0.0, jnp.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import O2
+from bench.attacks import numpy_init
+from conftest import O2, check_linf_attack
 from sglr_jax import models
 from sglr_jax.attacks import square
 
@@ -36,20 +37,6 @@ def test_square_sizes_hand_computed():
   assert int(square.square_sizes(8, 8, 9000)[8500]) == 1         # sqrt(0.1) -> at least 1
 
 
-def numpy_init(model, shape, seed=0):
-  """He-normal weights from numpy (flax's jitted init compiles slowly on CPU)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == 'kernel':
-      return jnp.asarray(rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1])),
-                         jnp.float32)
-    return jnp.full(s.shape, 1.0 if name in ('scale', 'var') else 0.0, jnp.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope='module')
 def setup():
   model = models.create_model('small_cnn', 10, width=8)
@@ -70,11 +57,7 @@ def test_square_feasible_vertices_unchanged_and_deterministic(setup):
   np.testing.assert_array_equal(a, np.asarray(run(x, y, jax.random.key(0), eps, mask)))
   assert not np.array_equal(a, np.asarray(run(x, y, jax.random.key(1), eps, mask)))
   x = np.asarray(x)
-  assert not np.isnan(a).any() and a.min() >= 0 and a.max() <= 1
-  assert np.abs(a - x).max() <= eps + 1e-6
-  fooled = np.asarray(jnp.argmax(logits_fn(a), -1) != y)
-  assert 0 < fooled.mean() < 1
-  np.testing.assert_array_equal(a[~fooled], x[~fooled])
+  fooled = check_linf_attack(a, x, y, eps, logits_fn)
   # Linf Square only visits vertices of the box: every pixel at x +- eps or clipped
   on_vertex = (np.abs(np.abs(a - x) - eps) < 1e-6) | (a == 0) | (a == 1)
   assert on_vertex[fooled].all()
