@@ -40,17 +40,23 @@ def auto_count(batch_sizes, cores: int) -> int:
   return best
 
 
-def one_per_core() -> int:
-  """For scripts without a config (benchmarks): one host device per usable core (at
-  most ``MAX_AUTO``) unless XLA_FLAGS sets a count or jax is already imported."""
+def _apply(n: int) -> int:
+  """Sets ``n`` host devices in XLA_FLAGS; returns the count in force (an explicit count
+  in XLA_FLAGS wins; once jax is imported nothing changes: 1)."""
   flags = os.environ.get('XLA_FLAGS', '')
   if FLAG in flags:
     return int(flags.split(FLAG + '=', 1)[1].split()[0])
-  n = min(usable_cores(), MAX_AUTO)
-  if n > 1 and 'jax' not in sys.modules:
+  if 'jax' in sys.modules:
+    return 1
+  if n > 1:
     os.environ['XLA_FLAGS'] = f'{flags} {FLAG}={n}'.strip()
-    return n
-  return 1
+  return n
+
+
+def one_per_core() -> int:
+  """For scripts without a config (benchmarks): one host device per usable core (at
+  most ``MAX_AUTO``) unless XLA_FLAGS sets a count or jax is already imported."""
+  return _apply(min(usable_cores(), MAX_AUTO))
 
 
 def configure(requested: int, config) -> int:
@@ -59,17 +65,10 @@ def configure(requested: int, config) -> int:
   already sets a count, when jax is already imported, or for a multi-process run."""
   if requested == 0 or requested < -1:
     raise ValueError(f'--cpu_devices={requested}: -1 (auto) or a positive count')
-  flags = os.environ.get('XLA_FLAGS', '')
-  if FLAG in flags:
-    return int(flags.split(FLAG + '=', 1)[1].split()[0])
-  if 'jax' in sys.modules:
-    return 1
   if requested == -1:
     distributed = (str(config.distributed.enabled).lower() == 'true'
                    or config.distributed.coordinator_address
                    or os.environ.get('JAX_COORDINATOR_ADDRESS'))
     requested = 1 if distributed else auto_count(
         (config.train.batch_size, config.eval.batch_size), usable_cores())
-  if requested > 1:
-    os.environ['XLA_FLAGS'] = f'{flags} {FLAG}={requested}'.strip()
-  return requested
+  return _apply(requested)
