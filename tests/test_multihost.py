@@ -7,7 +7,9 @@ same step inside epoch 2, save one checkpoint together and exit 0. Launch 2
 resumes it (a multi-process restore of sharded state, mid-epoch) and finishes.
 The history and the final checkpoint (restored here on 1 device) must match the
 single-process run within the tolerance of test_parallel.py (float32 summation
-order; accuracies may differ by one test example at a near tie).
+order; accuracies may differ by one test example at a near tie). Launch 3 evaluates
+that workdir with ``--mode=eval`` (AutoAttack included) on both processes, and must
+give the table an evaluation in this process gives.
 """
 import json
 import os
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 import _mp_worker as w
-from sglr_jax import checkpoints, metrics, train
+from sglr_jax import checkpoints, evaluate, metrics, train
 
 OVERRIDES = {'train.batch_size': 16, 'sglr.table_sharding': 'sharded'}  # 7 steps per epoch
 SPE = w.MP_OVERRIDES['data.train_size'] // OVERRIDES['train.batch_size']
@@ -107,3 +109,27 @@ def test_two_process_checkpoint_restores_on_one_device(two_processes, reference)
   for (path, a), b in zip(flat_got, flat_want):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def test_two_process_eval_with_autoattack_matches_one_process(two_processes, tmp_path):
+  """Each process runs the AutoAttack ensemble on its default device with the
+  (globally replicated) checkpoint variables; natural / PGD-20 / ECE run sharded over
+  the 4 devices of both processes. Process 0 writes the results."""
+  wd = two_processes['wd']
+  w.launch_run_py(w.cli_flags(**OVERRIDES) + [f'--workdir={wd}', '--mode=eval'],
+                  str(tmp_path), 'eval', timeout=400)
+  with open(os.path.join(wd, 'results.json')) as f:
+    multi = json.load(f)
+  single = evaluate.evaluate(w.config(**OVERRIDES), wd, progress=False)
+  assert 'autoattack' in multi['eval_config']['suite']
+  for kind in ('best', 'final'):
+    got, want = multi[kind], single[kind]
+    assert got['epoch'] == want['epoch']
+    assert got['autoattack_examples'] == want['autoattack_examples'] > 0
+    assert set(got['autoattack_after']) == set(want['autoattack_after'])
+    pairs = [(k, got[k], want[k]) for k in ('natural_acc', 'pgd20_acc', 'autoattack_acc')]
+    pairs += [('after ' + k, got['autoattack_after'][k], v)
+              for k, v in want['autoattack_after'].items()]
+    for k, a, b in pairs:  # one test example at a near tie, as above
+      assert abs(a - b) <= 1 / 64 + 1e-9, (kind, k, a, b)
+    assert abs(got['ece_clean'] - want['ece_clean']) < 1e-3, kind
