@@ -5,7 +5,8 @@ module trains each into ``OUT/runs/NAME`` (resuming if interrupted), evaluates b
 and final, and writes figures and tables into ``OUT`` with ``sglr_jax.report``,
 plus ``OUT/summary.json`` (wall time, machine, per-run best/final numbers).
 ``--mini`` shrinks everything to a few steps (and at most two runs: the first and
-the last) so the scripts are tested in CI.
+the last) so the scripts are tested in CI. On CPU the runs use one XLA device per
+core, as ``run.py`` does by default (``sglr_jax/host_devices.py``).
 """
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ def make_config(module: str, overrides: dict, mini: bool, suite: str = ''):
 def run_study(title: str, runs, args, groups=None) -> dict:
   """Trains + evaluates each run, then writes the report. ``groups`` maps a figure
   group name to the run names to put together (default: all in one)."""
+  from sglr_jax import host_devices  # pylint: disable=g-import-not-at-top
+  host_devices.one_per_core()  # before jax is imported; no-op if XLA_FLAGS sets a count
   from sglr_jax import evaluate, report, train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   os.makedirs(args.out, exist_ok=True)
   if args.mini and len(runs) > 2:  # the smoke test: first and last run only
     runs = [runs[0], runs[-1]]
@@ -72,7 +76,8 @@ def run_study(title: str, runs, args, groups=None) -> dict:
     groups = {g: [n for n in ns if n in names] for g, ns in (groups or {}).items()} or None
     groups = {g: ns for g, ns in (groups or {}).items() if ns} or None
   t0 = time.time()
-  summary = {'title': title, 'machine': f'{platform.machine()}, {os.cpu_count()} cores',
+  summary = {'title': title, 'machine': f'{platform.machine()}, {os.cpu_count()} cores, '
+                                        f'{jax.device_count()} {jax.default_backend()} devices',
              'command': getattr(args, 'command', None)
                         or ' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
              'runs': {}}

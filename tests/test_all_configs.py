@@ -18,7 +18,7 @@ from conftest import ROOT
 from sglr_jax import evaluate, metrics, tfds_data, train
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
-                 if not p.endswith('__init__.py'))
+                 if not os.path.basename(p).startswith('_'))  # _*.py: shared helpers
 TINY_MODEL = {  # (width, depth) per model: a few thousand parameters each
     'small_cnn': (8, ()), 'resnet18': (4, (1, 1, 1, 1)), 'resnet34': (4, (1, 1, 1, 1)),
     'resnet50': (2, (1, 1, 1, 1)), 'preact_resnet18': (4, (1, 1, 1, 1)),

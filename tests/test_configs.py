@@ -11,7 +11,7 @@ from conftest import ROOT, tiny_config
 from sglr_jax import config_check
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
-                 if not p.endswith('__init__.py'))
+                 if not os.path.basename(p).startswith('_'))  # _*.py: shared helpers
 
 
 @pytest.mark.parametrize('name', CONFIGS)
