@@ -186,6 +186,16 @@ def write_config(config, workdir: str):
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
+def improves(value, best_metric) -> bool:
+  """Whether an epoch's test PGD-20 accuracy beats the stored best (a float32 scalar).
+
+  Compared in float32, as stored: in float64, 0.923 > float32(0.923) and every later
+  tie would replace the best checkpoint; ties keep the first best epoch, as the report's
+  curves mark it. ``value`` is None for epochs without an evaluation.
+  """
+  return value is not None and bool(np.float32(value) > np.float32(best_metric))
+
+
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> list[dict]:
   """Trains (resuming if possible) and returns the history."""
   s = build(config)
@@ -254,7 +264,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> list[dict
       if c.train.train_fit_every_epochs and (epoch + 1) % c.train.train_fit_every_epochs == 0:
         record.update(_train_fit(fit_step, st, s, eval_key))
       record['epoch_time_s'] = round(time.time() - t0, 2)
-      improved = record.get('test_pgd20_acc', -1.0) > float(st.best_metric)
+      improved = improves(record.get('test_pgd20_acc'), st.best_metric)
       if improved:
         st = jax.device_put(
             st.replace(best_metric=jnp.asarray(record['test_pgd20_acc'], jnp.float32)), shardings)

@@ -3,6 +3,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -113,3 +114,16 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, caplog):
 def test_eval_without_checkpoints_is_a_clear_error(tmp_path):
   with pytest.raises(checkpoints.NoCheckpointError, match='no .best. checkpoint'):
     evaluate.evaluate(tiny_config(), str(tmp_path), progress=False)
+
+
+def test_a_tie_with_the_stored_best_is_not_an_improvement():
+  """The best metric is stored in float32; 0.923 (float64) > float32(0.923), so a plain
+  comparison took every later tie for a new best (a study's SGLR run moved its best
+  checkpoint from epoch 21 to the last tie, epoch 39)."""
+  stored = jnp.asarray(0.923, jnp.float32)
+  assert 0.923 > float(stored)  # the trap
+  assert not train.improves(0.923, stored)
+  assert train.improves(0.924, stored)
+  assert not train.improves(0.922, stored)
+  assert train.improves(0.0, jnp.asarray(-1.0, jnp.float32))  # the first evaluation
+  assert not train.improves(None, jnp.asarray(-1.0, jnp.float32))  # an epoch without one
