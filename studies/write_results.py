@@ -60,7 +60,7 @@ def main():
   for study in found:
     d = os.path.join(args.studies_out, study)
     summary = json.load(open(os.path.join(d, 'summary.json')))
-    out += [f"## {summary['title'].capitalize()}", '',
+    out += [f"## {summary['title'][:1].upper()}{summary['title'][1:]}", '',
             f"Command: `python {summary['command']}`; machine: {summary['machine']}; "
             f"wall time of the last invocation {summary['wall_s'] / 60:.1f} min for "
             f"{len(summary['runs'])} runs (a resumed study counts only what it re-did; the "
