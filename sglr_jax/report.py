@@ -807,7 +807,7 @@ def make_report(workdirs: str | os.PathLike | Iterable[str | os.PathLike],
         '|:---|:---|:---|:---|---:|---:|---:|']
   for run, label, row in zip(runs, labels, table_json['rows']):
     rate = _num(_get(run.config, 'data.noise.rate'))
-    cells = [label.replace('|', '\\|'), f'`{run.workdir}`',
+    cells = [label.replace('|', '\\|'), f'`{os.path.relpath(run.workdir, out_dir)}`',  # movable
              str(_get(run.config, 'data.name', '-')), str(_get(run.config, 'model.name', '-')),
              _fmt_rate(rate) if rate is not None else '-',
              f"{run.history[-1]['epoch']}"

@@ -303,6 +303,8 @@ def test_make_report_writes_everything(three_runs, tmp_path):
     if n.endswith('.png'):
       assert f']({n})' in md
   assert '## Calibration' in md
+  for d in three_runs:  # workdirs relative to the report, so the folder can be moved
+    assert f'`{os.path.relpath(d, out)}`' in md and str(tmp_path) not in md
   js = json.loads((out / 'results_table.json').read_text())
   assert [r['method'] for r in js['rows']] == ['PGD-AT', 'PGD-AT + SGLR', 'TRADES + SGLR']
 
