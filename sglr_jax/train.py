@@ -78,7 +78,7 @@ def predict(eval_step, variables, images, labels, batch_size, mesh, key):
   clean, adv = [], []
   for batch in data.eval_batches(images, labels, batch_size, jax.process_index(),
                                  jax.process_count()):
-    mask = batch.pop('mask')
+    batch.pop('mask')  # the padding rows are cut off below ([:n])
     c, a = eval_step(variables, parallel.to_global(batch, mesh), key)
     clean.append(_host(c))
     adv.append(_host(a))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from sglr_jax import evaluate, metrics, tfds_data, train
+from sglr_jax import evaluate, tfds_data, train
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not os.path.basename(p).startswith('_'))  # _*.py: shared helpers

@@ -3,7 +3,6 @@ an affine model's closed-form robust accuracy, strength, determinism, one compil
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

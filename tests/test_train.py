@@ -9,7 +9,7 @@ import pytest
 
 import run as run_py
 from conftest import tiny_config
-from sglr_jax import checkpoints, config_check, evaluate, metrics, train
+from sglr_jax import checkpoints, evaluate, metrics, train
 
 TIME_KEYS = ('epoch_time_s', 'train_time_s')
 
