@@ -8,7 +8,7 @@ Ours and the reference alternate, and every line of output is one JSON measureme
   {"model", "attack", "ours_img_s", "reference_img_s", "ratio", ...}
 
 ``ratio`` is ours / reference (> 1: ours is faster). Compilation is excluded
-(``compile_attacks`` compiles every program on a masked batch first) and reported as
+(``compile_attacks`` compiles every program ahead of time) and reported as
 ``ours_compile_s``; the reference's own start-up checks (a few forward passes) are
 included, as a user pays them.
 

@@ -73,7 +73,8 @@ def optimised_autoattack():
             'predict_batch': (0,)}  # model_fn, name, cfg
   saved = {n: getattr(aa, n) for n in static}
   for n, argnums in static.items():
-    setattr(aa, n, jax.jit(saved[n].__wrapped__, static_argnums=argnums, compiler_options=O2))
+    setattr(aa, n, jax.jit(saved[n].__wrapped__, static_argnums=argnums,
+                           static_argnames=('sharding',), compiler_options=O2))
   yield aa
   for n, f in saved.items():
     setattr(aa, n, f)

@@ -2,6 +2,8 @@
 an affine model's closed-form robust accuracy, strength, determinism, one compilation."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -81,6 +83,32 @@ def test_ensemble_deterministic_and_compiled_once(cnn, cnn_run):
   assert aa.compiled_programs() == compiled
   _check_result(other, logits_fn, x[:37], y[:37], 1.5 / 255)
   assert not np.array_equal(other['x_adv'], cnn_run['x_adv'][:37])
+
+
+def test_warm_up_compiles_every_program_the_attacks_then_call(cnn):
+  """The up-front (parallel, ahead-of-time) compilation builds exactly the programs of
+  the real calls: for a config not seen before it compiles Square's 2 programs and the
+  3 runs' (the predictions' program is the cnn's), and the ensemble after it compiles
+  nothing (counted as XLA compilations, with the persistent cache off)."""
+  logits_fn, x, y = cnn
+  cfg = dataclasses.replace(SMALL, square_p_init=0.7)  # new static argument: new programs
+  key = jax.random.PRNGKey(5)  # a raw key, as --mode=eval passes
+  compiles = []
+  listener = lambda event, _, **kw: compiles.append(event) if 'backend_compile' in event else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    aa._warm_up(aa._without_variables(logits_fn), (), cfg, aa.STANDARD_ATTACKS,
+                x.shape[1:], BATCH, jax.random.fold_in(key, 0), None)
+    warm = len(compiles)
+    aa.run_autoattack(logits_fn, x, y, 1 / 255, key=key, batch_size=BATCH, config=cfg,
+                      progress=False)
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cache)
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert warm >= 5
+  assert compiles[warm:] == []
 
 
 def test_variables_as_an_argument_match_and_a_new_checkpoint_compiles_nothing(cnn, cnn_run):

@@ -56,8 +56,16 @@ cfg = aa.AutoAttackConfig(apgd_n_iter=10, apgd_t_n_iter=5, apgd_t_n_target_class
 run = lambda sharding: aa.run_autoattack(fn, x, y, 2 / 255, key=jax.random.key(0),
                                          batch_size=32, config=cfg, progress=False,
                                          sharding=sharding)
-one, two = run(None), run(parallel.batch_sharding(parallel.make_mesh(0)))
-print(json.dumps({'configured': n, 'devices': jax.device_count(),
+sharding = parallel.batch_sharding(parallel.make_mesh(0))
+one, two = run(None), run(sharding)
+xs, ys, ms, ids = aa.placer(sharding)(x[:32], y[:32].astype(np.int32), np.ones(32, bool),
+                                      np.arange(32, dtype=np.int32))
+hlo = aa.run_batch.lower(aa._without_variables(fn),
+                         'fab-t', cfg, (), xs, ys, ms, ids, jax.random.key(0),
+                         np.float32(2 / 255), np.int32(0), sharding=sharding).compile().as_text()
+collectives = sum(hlo.count(op + '(') for op in ('all-reduce', 'all-gather', 'all-to-all',
+                                                 'collective-permute'))
+print(json.dumps({'configured': n, 'devices': jax.device_count(), 'collectives': collectives,
                   'robust_one': one['robust'].tolist(), 'robust_two': two['robust'].tolist(),
                   'max_diff': float(np.abs(one['x_adv'] - two['x_adv']).max()),
                   'after': one['robust_acc_after']}))
@@ -67,7 +75,8 @@ print(json.dumps({'configured': n, 'devices': jax.device_count(),
 def test_two_host_devices_run_autoattack_split_with_the_same_verdicts():
   """A fresh process with 2 cores' worth of host devices (auto), AutoAttack's batches
   split over them: the same verdicts as on one device, points equal to float rounding
-  (the two programs differ only in how XLA partitions the batch)."""
+  (each device runs the one-device program on its rows), and FAB-T's program, the one
+  XLA's automatic partitioning filled with row exchanges, has no collective at all."""
   flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '',
                  os.environ.get('XLA_FLAGS', ''))
   env = dict(os.environ, XLA_FLAGS=flags)
@@ -78,5 +87,6 @@ def test_two_host_devices_run_autoattack_split_with_the_same_verdicts():
   cores = host_devices.usable_cores()
   assert r['configured'] == r['devices'] == host_devices.auto_count((32, 32), cores)
   assert r['robust_one'] == r['robust_two']
+  assert r['collectives'] == 0
   assert r['max_diff'] <= 1e-5
   assert 0 < sum(r['robust_one']) < 40  # not vacuous: some points fall, some survive

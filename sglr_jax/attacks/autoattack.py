@@ -7,7 +7,9 @@ robust, and Square's queries only on the points still correctly classified: betw
 runs (and every ``square_queries_per_call`` queries) the remaining points are gathered
 again into batches. Every batch has ``batch_size`` rows (padded with masked copies), so
 each program compiles once whatever the robust set; run indices, eps, keys and query
-offsets are traced arguments.
+offsets are traced arguments. All programs are compiled up front, one per core at a
+time, and over a mesh each device runs them on its own rows (``shard_map``, no
+collectives).
 
 Seeding: attack ``a`` on the point with index ``i`` in ``x`` draws from
 ``fold_in(fold_in(key, a), i)``, so results are reproducible bit for bit for a key and
@@ -16,14 +18,17 @@ batch size, and do not depend on which other points share a batch.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from sglr_jax.attacks.apgd import apgd_run, check_targets
@@ -106,39 +111,80 @@ def run_fn(name: str, cfg: AutoAttackConfig):
 
 
 # ---------------------------------------------------------------- the jitted programs
+#
+# With a ``NamedSharding`` over one mesh axis, each program is ``shard_map``-ed: every
+# device runs the attack on its own rows, with no collective at all (the attacks are
+# per example). Left to XLA's automatic partitioning, FAB-T's program exchanged rows
+# between devices every iteration (its ``[x1; x0]`` projection batch, the target-logit
+# gathers: 20 all-to-alls, 14 all-gathers, 12 permutes, 7 all-reduces) and Square's
+# synchronised the devices at every query.
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _batch_axis(sharding) -> Optional[tuple]:
+  """``(mesh, axis)`` when ``sharding`` splits dimension 0 over one mesh axis, else None."""
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return None
+  spec = tuple(sharding.spec)
+  if not spec or not isinstance(spec[0], str) or any(a is not None for a in spec[1:]):
+    return None
+  return sharding.mesh, spec[0]
+
+
+def _per_device(fn, sharding, in_batched: Sequence[bool]):
+  """``fn`` as a per-device program over the batch axis of ``sharding`` (``fn`` itself
+  when there is none). ``in_batched[i]``: argument ``i`` (a pytree) is split by rows, the
+  others are replicated; every output is split by rows."""
+  axis = _batch_axis(sharding)
+  if axis is None:
+    return fn
+  mesh, name = axis
+  in_specs = tuple(P(name) if b else P() for b in in_batched)
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(name), check_vma=False)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=('sharding',))
 def run_batch(model_fn: ModelFn, name: str, cfg: AutoAttackConfig, variables, x, y, mask,
-              example_ids, key, eps, run):
+              example_ids, key, eps, run, *, sharding=None):
   """One run of one attack on one padded batch: ``(x_candidate, fooled)``."""
-  logits_fn = functools.partial(model_fn, variables)
-  cand, robust = run_fn(name, cfg)(logits_fn, x, y, run, eps=eps, key=key, active=mask,
-                                   example_ids=example_ids)
-  return cand, mask & ~robust
+  def program(variables, x, y, mask, example_ids, key, eps, run):
+    logits_fn = functools.partial(model_fn, variables)
+    cand, robust = run_fn(name, cfg)(logits_fn, x, y, run, eps=eps, key=key, active=mask,
+                                     example_ids=example_ids)
+    return cand, mask & ~robust
+  batched = (False, True, True, True, True, False, False, False)
+  return _per_device(program, sharding, batched)(variables, x, y, mask, example_ids, key,
+                                                 eps, run)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=('sharding',))
 def square_init_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y,
-                      example_ids, key, eps):
-  logits_fn = functools.partial(model_fn, variables)
-  keys = square_keys(key, x.shape[0], example_ids)
-  return square_init(logits_fn, x, y, keys, eps=eps, n_queries=cfg.square_n_queries)
+                      example_ids, key, eps, *, sharding=None):
+  def program(variables, x, y, example_ids, key, eps):
+    logits_fn = functools.partial(model_fn, variables)
+    keys = square_keys(key, x.shape[0], example_ids)
+    return square_init(logits_fn, x, y, keys, eps=eps, n_queries=cfg.square_n_queries)
+  batched = (False, True, True, True, False, False)
+  return _per_device(program, sharding, batched)(variables, x, y, example_ids, key, eps)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=('sharding',))
 def square_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y, state, mask,
-                 example_ids, key, eps, start):
+                 example_ids, key, eps, start, *, sharding=None):
   """Queries ``[start, start + square_queries_per_call)`` on one padded batch."""
-  logits_fn = functools.partial(model_fn, variables)
-  keys = square_keys(key, x.shape[0], example_ids)
-  return square_queries(logits_fn, x, y, state, keys, mask, eps=eps, start=start,
-                        stop=start + cfg.square_queries_per_call,
-                        n_queries=cfg.square_n_queries, p_init=cfg.square_p_init)
+  def program(variables, x, y, state, mask, example_ids, key, eps, start):
+    logits_fn = functools.partial(model_fn, variables)
+    keys = square_keys(key, x.shape[0], example_ids)
+    return square_queries(logits_fn, x, y, state, keys, mask, eps=eps, start=start,
+                          stop=start + cfg.square_queries_per_call,
+                          n_queries=cfg.square_n_queries, p_init=cfg.square_p_init)
+  batched = (False, True, True, True, True, True, False, False, False)
+  return _per_device(program, sharding, batched)(variables, x, y, state, mask, example_ids,
+                                                 key, eps, start)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def predict_batch(model_fn: ModelFn, variables, x):
-  return jnp.argmax(model_fn(variables, x), axis=-1)
+@functools.partial(jax.jit, static_argnums=0, static_argnames=('sharding',))
+def predict_batch(model_fn: ModelFn, variables, x, *, sharding=None):
+  program = lambda variables, x: jnp.argmax(model_fn(variables, x), axis=-1)
+  return _per_device(program, sharding, (False, True))(variables, x)
 
 
 @functools.lru_cache(maxsize=64)
@@ -192,6 +238,7 @@ def placer(sharding=None):
       return args
     return jax.tree.map(lambda a: jax.device_put(a, sharding)
                         if isinstance(a, np.ndarray) and a.ndim else a, args)
+  put.sharding = sharding  # the programs run per device over its batch axis
   return put
 
 
@@ -204,7 +251,7 @@ def predict(logits_fn, x, batch_size: int = 250, sharding=None, variables=None) 
   model_fn, variables = _model(logits_fn, variables)
   if len(x):
     for real, pred in _map_batches(lambda p, _: predict_batch(model_fn, variables,
-                                                              *put(x[p])),
+                                                              *put(x[p]), sharding=sharding),
                                    np.arange(len(x)), batch_size):
       out[real] = pred
   return out
@@ -221,7 +268,7 @@ def _attack_runs(model_fn, variables, name, cfg, x, y, todo, batch_size, key, ep
       break
     fn = lambda p, m, r=r: run_batch(model_fn, name, cfg, variables, *put(x[p], y[p], m,
                                                               p.astype(np.int32)),
-                                     key, eps, np.int32(r))
+                                     key, eps, np.int32(r), sharding=put.sharding)
     for real, (adv, fooled) in _map_batches(fn, left, batch_size):
       cand[real[fooled]] = adv[fooled]
       robust[real[fooled]] = False
@@ -237,7 +284,8 @@ def _attack_square(model_fn, variables, cfg, x, y, todo, batch_size, key, eps, b
   margin = np.zeros(len(x), np.float32)
   loss = np.zeros(len(x), np.float32)
   init = lambda p, _: square_init_batch(model_fn, cfg, variables,
-                                        *put(x[p], y[p], p.astype(np.int32)), key, eps)
+                                        *put(x[p], y[p], p.astype(np.int32)), key, eps,
+                                        sharding=put.sharding)
   for real, st in _map_batches(init, todo, batch_size):
     x_best[real], margin[real], loss[real] = st
   for start in range(0, cfg.square_n_queries, cfg.square_queries_per_call):
@@ -249,7 +297,7 @@ def _attack_square(model_fn, variables, cfg, x, y, todo, batch_size, key, eps, b
       state = SquareState(x_best[p], margin[p], loss[p])
       return square_batch(model_fn, cfg, variables,
                           *put(x[p], y[p], state, m, p.astype(np.int32)),
-                          key, eps, np.int32(start))
+                          key, eps, np.int32(start), sharding=put.sharding)
     for real, st in _map_batches(step, left, batch_size):
       x_best[real], margin[real], loss[real] = st
     bar.update(1)
@@ -280,11 +328,7 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
   y = np.asarray(y).astype(np.int32)
   eps_arr = jnp.float32(eps)
   put = placer(sharding)
-  robust = predict(logits_fn, x, batch_size, sharding, variables) == y
   model_fn, variables = _model(logits_fn, variables)
-  clean_acc = float(robust.mean()) if len(x) else 0.0
-  x_adv = x.copy()
-  acc_after, seconds = collections.OrderedDict(), collections.OrderedDict()
   if len(x) and any(a in attacks for a in ('apgd-t', 'fab-t')):
     k = int(jax.eval_shape(model_fn, variables, jax.ShapeDtypeStruct(
         (1,) + x.shape[1:], jnp.float32)).shape[-1])
@@ -292,6 +336,13 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
       check_targets(k, cfg.apgd_t_n_target_classes, dlr=True)
     if 'fab-t' in attacks:
       check_targets(k, cfg.fab_n_target_classes)
+  if len(x):
+    _warm_up(model_fn, variables, cfg, attacks, x.shape[1:], batch_size,
+             jax.random.fold_in(key, 0), sharding, progress)
+  robust = predict(model_fn, x, batch_size, sharding, variables) == y
+  clean_acc = float(robust.mean()) if len(x) else 0.0
+  x_adv = x.copy()
+  acc_after, seconds = collections.OrderedDict(), collections.OrderedDict()
 
   for name in attacks:
     start = time.perf_counter()
@@ -318,28 +369,58 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
               clean_acc=clean_acc, seconds=seconds)
 
 
-def compile_attacks(logits_fn, example_shape, *, batch_size: int = 250,
-                    attacks: Sequence[str] = STANDARD_ATTACKS,
-                    config: Optional[AutoAttackConfig] = None, variables=None,
-                    sharding=None):
-  """Compiles the ensemble's programs up front on a fully masked batch (every loop
-  exits at once), e.g. to time attacks without their compilation."""
-  cfg = config or AutoAttackConfig()
-  x = np.zeros((batch_size,) + tuple(example_shape), np.float32)
-  y = np.zeros(batch_size, np.int32)
-  mask = np.zeros(batch_size, bool)
-  ids = np.arange(batch_size, dtype=np.int32)
-  key, eps = jax.random.key(0), jnp.float32(0.0)
-  model_fn, variables = _model(logits_fn, variables)
-  x, y, mask, ids = placer(sharding)(x, y, mask, ids)
-  outs = [predict_batch(model_fn, variables, x)]
+def _usable_cores() -> int:
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not Linux
+    return max(1, os.cpu_count() or 1)
+
+
+def _warm_up(model_fn: ModelFn, variables, cfg: AutoAttackConfig, attacks: Sequence[str],
+             example_shape, batch_size: int, key, sharding, progress: bool = False):
+  """Compiles (ahead of time, nothing runs) every program the ensemble will call, one
+  per core at a time, with the argument types and shardings of the real calls, so those
+  find them compiled. XLA compiles a program on one core and the ensemble's 5-6 programs
+  are independent: ~20-30 s of compilation for the small CNN here, which the attacks
+  would otherwise pay one after the other."""
+  put = placer(sharding)
+  n = batch_size
+  x, y, mask, ids = put(np.zeros((n,) + tuple(example_shape), np.float32),
+                        np.zeros(n, np.int32), np.zeros(n, bool), np.arange(n, dtype=np.int32))
+  eps, first = jnp.float32(0.0), np.int32(0)
+
+  def square_batch_args():
+    shapes = square_init_batch.eval_shape(model_fn, cfg, variables, x, y, ids, key, eps,
+                                          sharding=sharding)
+    state = SquareState(*put(*(np.zeros(a.shape, a.dtype) for a in shapes)))  # as the host
+    return (model_fn, cfg, variables, x, y, state, mask, ids, key, eps, first)
+
+  jobs = [lambda: predict_batch.lower(model_fn, variables, x, sharding=sharding)]
   for name in attacks:
     _check(name, cfg)
     if name == 'square':
-      state = square_init_batch(model_fn, cfg, variables, x, y, ids, key, eps)
-      outs.append(square_batch(model_fn, cfg, variables, x, y, state, mask, ids, key, eps,
-                               np.int32(0)))
+      jobs.append(lambda: square_init_batch.lower(model_fn, cfg, variables, x, y, ids, key,
+                                                  eps, sharding=sharding))
+      jobs.append(lambda: square_batch.lower(*square_batch_args(), sharding=sharding))
     else:
-      outs.append(run_batch(model_fn, name, cfg, variables, x, y, mask, ids, key, eps,
-                            np.int32(0)))
-  jax.block_until_ready(outs)
+      jobs.append(functools.partial(run_batch.lower, model_fn, name, cfg, variables, x, y,
+                                    mask, ids, key, eps, first, sharding=sharding))
+  with tqdm(total=len(jobs), desc='compile', unit='program', disable=not progress,
+            leave=False) as bar, concurrent.futures.ThreadPoolExecutor(
+                min(len(jobs), _usable_cores())) as pool:
+    futures = [pool.submit(lambda lower: lower().compile(), job) for job in jobs]
+    for done in concurrent.futures.as_completed(futures):
+      done.result()
+      bar.update(1)
+
+
+def compile_attacks(logits_fn, example_shape, *, batch_size: int = 250,
+                    attacks: Sequence[str] = STANDARD_ATTACKS,
+                    config: Optional[AutoAttackConfig] = None, variables=None,
+                    sharding=None, key=None):
+  """Compiles the ensemble's programs up front (``run_autoattack`` does it too), e.g.
+  to time attacks without their compilation. ``key``: of the type the attacks will get
+  (a typed ``jax.random.key`` by default; a raw ``PRNGKey`` compiles other programs)."""
+  model_fn, variables = _model(logits_fn, variables)
+  _warm_up(model_fn, variables, config or AutoAttackConfig(), attacks, example_shape,
+           batch_size, jax.random.key(0) if key is None else key, sharding)
