@@ -33,20 +33,27 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _devices_from_argv(argv) -> int:
-  """``--devices N`` must act before jax is imported (it sets XLA_FLAGS)."""
+def _from_argv(argv, name: str, default: str) -> str:
+  """``--devices``, ``--model`` and ``--cpu-convs`` act before jax is imported (XLA_FLAGS)."""
   for i, a in enumerate(argv):
-    if a.startswith('--devices='):
-      return int(a.split('=', 1)[1])
-    if a == '--devices' and i + 1 < len(argv):
-      return int(argv[i + 1])
-  return 1
+    if a.startswith(name + '='):
+      return a.split('=', 1)[1]
+    if a == name and i + 1 < len(argv):
+      return argv[i + 1]
+  return default
 
 
-DEVICES = _devices_from_argv(sys.argv)
+from sglr_jax import host_devices  # noqa: E402  (imports no jax)
+
+DEVICES = int(_from_argv(sys.argv, '--devices', '-1'))
+if DEVICES == -1:  # as run.py's --cpu_devices=-1: one per core when the batch splits evenly
+  DEVICES = host_devices.auto_count((int(_from_argv(sys.argv, '--batch', '32')),),
+                                    host_devices.usable_cores())
 if DEVICES > 1:
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={DEVICES}').strip()
+CPU_CONVS = host_devices.set_cpu_convs(_from_argv(sys.argv, '--cpu-convs', 'auto'),
+                                       _from_argv(sys.argv, '--model', 'resnet18'))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -326,9 +333,13 @@ def main():
   p.add_argument('--threads', type=int, default=2,
                  help='torch threads; for a 1-core comparison run under `taskset -c 0` '
                       '(XLA sizes its pool by the allowed cores)')
-  p.add_argument('--devices', type=int, default=1,
+  p.add_argument('--devices', type=int, default=-1,
                  help='ours on a (data,) mesh of N CPU devices (XLA_FLAGS '
-                      '--xla_force_host_platform_device_count; run.py --cpu_devices)')
+                      '--xla_force_host_platform_device_count; -1: as run.py '
+                      '--cpu_devices=-1, one per core when the batch splits evenly)')
+  p.add_argument('--cpu-convs', default='auto', choices=host_devices.CPU_CONVS,
+                 help="XLA:CPU convolutions: YNNPACK's or XLA's own (auto: as run.py "
+                      'chooses for the model; sglr_jax/host_devices.py)')
   p.add_argument('--ab', action='store_true',
                  help='also time ours with the fast paths off, alternating with the rest')
   args = p.parse_args()
@@ -345,6 +356,7 @@ def main():
     out['width'] = args.width
   if DEVICES > 1:
     out['devices'] = DEVICES
+  out['cpu_convs'] = CPU_CONVS
   maker = {'at': ours_at, 'pgd20': ours_pgd20}.get(args.mode)
 
   def build(fast):

@@ -84,6 +84,7 @@ def get_config():
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.num_devices = 0  # devices in the ('data',) mesh (0 = all)
+  c.parallel.cpu_convs = 'auto'  # XLA:CPU convolutions: 'auto', 'ynnpack', 'xla' (host_devices)
 
   c.distributed = ml_collections.ConfigDict()  # multi-host, jax.distributed
   c.distributed.enabled = 'auto'  # 'auto' (env/config says), 'true', 'false'

@@ -4,7 +4,7 @@ Runs before anything touches the workdir, so a bad config damages nothing.
 """
 from __future__ import annotations
 
-from sglr_jax import data, models, objectives, parallel
+from sglr_jax import data, host_devices, models, objectives, parallel
 
 EVAL_METRICS = ('natural', 'pgd20', 'autoattack', 'ece', 'transfer')
 
@@ -63,6 +63,8 @@ def validate(config) -> None:
   if s.temperature <= 0:
     raise ConfigError(f'sglr.temperature={s.temperature!r} must be > 0')
   _choice('sglr.table_sharding', s.table_sharding, parallel.TABLE_LAYOUTS)
+  _choice('parallel.cpu_convs', config.parallel.get('cpu_convs', 'auto'),
+          host_devices.CPU_CONVS)
   _positive('train.epochs', config.train.epochs)
   _positive('train.batch_size', config.train.batch_size)
   _positive('eval.batch_size', config.eval.batch_size)

@@ -8,6 +8,16 @@ and gradients averaged over the mesh, so the numbers are those of one device up 
 float summation order. Only the CPU platform is affected: on a GPU/TPU host the extra
 CPU devices exist but are not used.
 
+Also here, for the same reason (XLA_FLAGS is read once, when jax starts): which library
+runs the convolutions on XLA:CPU (``cpu_convs``). This jaxlib hands convolutions and
+matmuls to YNNPACK by default; for the ResNet family XLA's own convolutions are faster
+here (``python bench/vs_torch.py --model resnet18 --mode at --devices 2``: batch 32,
+5.31-5.42 img/s with XLA's convolutions vs 4.67-5.01 with YNNPACK's; batch 128 1.52x
+PyTorch vs 1.10x), while for the small CNN in its Madry form YNNPACK is faster (batch
+128: 184 vs 149 img/s) and for the default small CNN the two are within noise. So
+``auto`` takes XLA's convolutions for ``XLA_CONV_MODELS`` only; matmuls stay with
+YNNPACK either way.
+
 Nothing here imports jax: ``configure`` must run before it is imported.
 """
 from __future__ import annotations
@@ -18,6 +28,11 @@ import sys
 
 FLAG = '--xla_force_host_platform_device_count'
 MAX_AUTO = 8
+YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+YNN_DOTS_ONLY = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
+XLA_CONV_MODELS = ('resnet18', 'resnet34', 'resnet50', 'preact_resnet18', 'wrn34_10')
+CPU_CONVS = ('auto', 'ynnpack', 'xla')
+MEASURED_JAXLIB = '0.10.'  # the flag is experimental: other versions keep XLA's default
 
 
 def usable_cores() -> int:
@@ -59,12 +74,41 @@ def one_per_core() -> int:
   return _apply(min(usable_cores(), MAX_AUTO))
 
 
+def _jaxlib_version() -> str:
+  try:
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    return metadata.version('jaxlib')
+  except Exception:  # pylint: disable=broad-except
+    return ''
+
+
+def set_cpu_convs(choice: str, model_name: str) -> str:
+  """Sets XLA_FLAGS so that XLA:CPU runs convolutions itself (``'xla'``) or leaves them
+  to YNNPACK (``'ynnpack'``, XLA's default); ``'auto'``: ``'xla'`` for
+  ``XLA_CONV_MODELS``. Returns the library in force: ``'xla'``, ``'ynnpack'`` or
+  ``'XLA_FLAGS'`` (it sets the YNNPACK flag itself; left as it is). Changes nothing once
+  jax is imported, or for a jaxlib other than the one measured."""
+  if choice not in CPU_CONVS:
+    raise ValueError(f'parallel.cpu_convs={choice!r}: one of {", ".join(CPU_CONVS)}')
+  flags = os.environ.get('XLA_FLAGS', '')
+  if YNN_FLAG in flags:
+    return 'XLA_FLAGS'
+  if choice == 'auto':
+    choice = 'xla' if model_name in XLA_CONV_MODELS else 'ynnpack'
+  if (choice == 'ynnpack' or 'jax' in sys.modules
+      or not _jaxlib_version().startswith(MEASURED_JAXLIB)):
+    return 'ynnpack'
+  os.environ['XLA_FLAGS'] = f'{flags} {YNN_FLAG}={YNN_DOTS_ONLY}'.strip()
+  return 'xla'
+
+
 def configure(requested: int, config) -> int:
   """Sets XLA_FLAGS for ``requested`` host devices (-1 = ``auto_count``; 1 = leave XLA's
   default) and returns the count in force. Leaves everything as it is when XLA_FLAGS
   already sets a count, when jax is already imported, or for a multi-process run."""
   if requested == 0 or requested < -1:
     raise ValueError(f'--cpu_devices={requested}: -1 (auto) or a positive count')
+  set_cpu_convs(str(config.parallel.get('cpu_convs', 'auto')), str(config.model.name))
   if requested == -1:
     distributed = (str(config.distributed.enabled).lower() == 'true'
                    or config.distributed.coordinator_address

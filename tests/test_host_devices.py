@@ -34,6 +34,27 @@ def test_configure_leaves_an_explicit_flag_and_a_started_jax(monkeypatch):
     host_devices.configure(0, c)
 
 
+def test_cpu_convs_flag_by_model_and_only_when_it_can_act(monkeypatch):
+  ynn = f'{host_devices.YNN_FLAG}={host_devices.YNN_DOTS_ONLY}'
+  monkeypatch.delitem(sys.modules, 'jax', raising=False)  # as before run.py imports it
+  monkeypatch.setattr(host_devices, '_jaxlib_version', lambda: '0.10.2')
+  monkeypatch.setenv('XLA_FLAGS', '--foo=1')
+  assert host_devices.set_cpu_convs('auto', 'small_cnn') == 'ynnpack'
+  assert os.environ['XLA_FLAGS'] == '--foo=1'
+  assert host_devices.set_cpu_convs('auto', 'resnet18') == 'xla'
+  assert os.environ['XLA_FLAGS'] == '--foo=1 ' + ynn
+  assert host_devices.set_cpu_convs('ynnpack', 'resnet18') == 'XLA_FLAGS'  # user's flag wins
+  assert os.environ['XLA_FLAGS'] == '--foo=1 ' + ynn
+  monkeypatch.setenv('XLA_FLAGS', '')
+  assert host_devices.set_cpu_convs('xla', 'small_cnn') == 'xla'
+  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setattr(host_devices, '_jaxlib_version', lambda: '0.11.0')  # not measured
+  assert host_devices.set_cpu_convs('auto', 'wrn34_10') == 'ynnpack'
+  assert os.environ['XLA_FLAGS'] == ''
+  with pytest.raises(ValueError, match='cpu_convs'):
+    host_devices.set_cpu_convs('fast', 'resnet18')
+
+
 SHARDED_AA = r'''
 import json, sys
 import numpy as np
