@@ -12,7 +12,7 @@ Also here, for the same reason (XLA_FLAGS is read once, when jax starts): which 
 runs the convolutions on XLA:CPU (``cpu_convs``). This jaxlib hands convolutions and
 matmuls to YNNPACK by default; for the ResNet family XLA's own convolutions are faster
 here (``python bench/vs_torch.py --model resnet18 --mode at --devices 2``: batch 32,
-5.31-5.42 img/s with XLA's convolutions vs 4.67-5.01 with YNNPACK's; batch 128 1.52x
+5.27-5.42 img/s with XLA's convolutions vs 4.67-5.01 with YNNPACK's; batch 128 1.33-1.52x
 PyTorch vs 1.10x), while for the small CNN in its Madry form YNNPACK is faster (batch
 128: 184 vs 149 img/s) and for the default small CNN the two are within noise. So
 ``auto`` takes XLA's convolutions for ``XLA_CONV_MODELS`` only; matmuls stay with
