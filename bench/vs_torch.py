@@ -45,15 +45,16 @@ def _from_argv(argv, name: str, default: str) -> str:
 
 from sglr_jax import host_devices  # noqa: E402  (imports no jax)
 
+DEFAULT_MODEL, DEFAULT_BATCH = 'resnet18', 32  # main()'s defaults too
 DEVICES = int(_from_argv(sys.argv, '--devices', '-1'))
 if DEVICES == -1:  # as run.py's --cpu_devices=-1: one per core when the batch splits evenly
-  DEVICES = host_devices.auto_count((int(_from_argv(sys.argv, '--batch', '32')),),
+  DEVICES = host_devices.auto_count((int(_from_argv(sys.argv, '--batch', str(DEFAULT_BATCH))),),
                                     host_devices.usable_cores())
 if DEVICES > 1:
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={DEVICES}').strip()
 CPU_CONVS = host_devices.set_cpu_convs(_from_argv(sys.argv, '--cpu-convs', 'auto'),
-                                       _from_argv(sys.argv, '--model', 'resnet18'))
+                                       _from_argv(sys.argv, '--model', DEFAULT_MODEL))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -321,8 +322,8 @@ def torch_runner(mode, name, batch, width):
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument('--model', default='resnet18', choices=('resnet18', 'small_cnn'))
-  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--model', default=DEFAULT_MODEL, choices=('resnet18', 'small_cnn'))
+  p.add_argument('--batch', type=int, default=DEFAULT_BATCH)
   p.add_argument('--mode', default='at', choices=('at', 'pgd20', 'apgd'))
   p.add_argument('--rounds', type=int, default=3, help='ours/torch alternations')
   p.add_argument('--iters', type=int, default=2, help='steps per side per round')

@@ -21,7 +21,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -31,6 +30,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from sglr_jax import host_devices
 from sglr_jax.attacks.apgd import apgd_run, check_targets
 from sglr_jax.attacks.fab import fab_targeted_run
 from sglr_jax.attacks.square import SquareState, square_init, square_keys, square_queries
@@ -369,13 +369,6 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
               clean_acc=clean_acc, seconds=seconds)
 
 
-def _usable_cores() -> int:
-  try:
-    return max(1, len(os.sched_getaffinity(0)))
-  except AttributeError:  # not Linux
-    return max(1, os.cpu_count() or 1)
-
-
 def _warm_up(model_fn: ModelFn, variables, cfg: AutoAttackConfig, attacks: Sequence[str],
              example_shape, batch_size: int, key, sharding, progress: bool = False):
   """Compiles (ahead of time, nothing runs) every program the ensemble will call, one
@@ -407,7 +400,7 @@ def _warm_up(model_fn: ModelFn, variables, cfg: AutoAttackConfig, attacks: Seque
                                     mask, ids, key, eps, first, sharding=sharding))
   with tqdm(total=len(jobs), desc='compile', unit='program', disable=not progress,
             leave=False) as bar, concurrent.futures.ThreadPoolExecutor(
-                min(len(jobs), _usable_cores())) as pool:
+                min(len(jobs), max(1, host_devices.usable_cores()))) as pool:
     futures = [pool.submit(lambda lower: lower().compile(), job) for job in jobs]
     for done in concurrent.futures.as_completed(futures):
       done.result()
