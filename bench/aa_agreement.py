@@ -11,43 +11,44 @@ so agreement is within a tolerance, not bit for bit. One JSON line per compariso
 
 ``ours`` / ``reference`` are robust accuracies (fractions; for 'standard' the cumulative
 accuracy after each attack), ``diff_pp`` the largest |ours - reference| in percentage
-points. Needs ``torch`` and ``pyautoattack`` (benchmark-only dependencies):
+points. Ours runs with the experiment's attack ops (those of its platform). Needs
+``torch`` and ``pyautoattack`` (benchmark-only dependencies):
 
-  python bench/aa_agreement.py --workdir runs/mnist_sglr --n 1000
+  python -m bench.aa_agreement --workdir runs/mnist_sglr --n 1000
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sglr_jax.platforms.xla_cpu import host_devices  # imports no jax
 
-from sglr_jax import host_devices  # noqa: E402  pylint: disable=g-import-not-at-top
-
-host_devices.one_per_core()  # both sides on all cores, batches split (as run.py does)
+if __name__ == '__main__':
+  host_devices.one_per_core()  # both sides on all cores, batches split (as run.py does)
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from bench import attacks as bench  # noqa: E402  pylint: disable=g-import-not-at-top
-from sglr_jax import evaluate, parallel, train  # noqa: E402  pylint: disable=g-import-not-at-top
+from sglr_jax import experiment  # noqa: E402  pylint: disable=g-import-not-at-top
+from sglr_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 from sglr_jax.attacks import autoattack as aa  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def load_model(workdir: str, kind: str):
-  """``(logits_fn, x [N,H,W,C] in [0,1], y, eps)`` of a trained workdir's checkpoint."""
-  config = evaluate.load_workdir_config(workdir)
+  """``(logits_fn, x [N,H,W,C] in [0,1], y, eps, epoch, sharding, attack ops)`` of a
+  trained workdir's checkpoint."""
+  config = experiment.load_workdir_config(workdir)
   config.parallel.num_devices = 0
-  s = train.build(config)
-  st, epoch = evaluate.restore_for_eval(s, workdir, kind)
-  variables = train.variables_of(st)
-  logits_fn = lambda z: s.model.apply(variables, z, train=False)
-  x = np.asarray(s.ds.test_images, np.float32) / 255.0
-  return (logits_fn, x, np.asarray(s.ds.test_labels, np.int32), float(config.eval.eps),
-          int(epoch), parallel.batch_sharding(s.mesh))
+  exp = experiment.build(config)
+  st, epoch = experiment.restore(exp, workdir, kind)
+  variables = experiment.variables_of(st)
+  logits_fn = lambda z: exp.model.apply(variables, z, train=False)
+  x = np.asarray(exp.ds.test_images, np.float32) / 255.0
+  return (logits_fn, x, np.asarray(exp.ds.test_labels, np.int32), float(exp.eval.eps),
+          int(epoch), mesh_lib.batch_sharding(exp.mesh), exp.attack_ops)
 
 
 def main(argv=None):
@@ -63,7 +64,7 @@ def main(argv=None):
   if not bench.reference_available():
     sys.exit('error: needs torch and pyautoattack: '
              'pip install torch==2.13.0 pyautoattack==0.2.0 --no-deps')
-  logits_fn, x, y, eps, epoch, sharding = load_model(a.workdir, a.checkpoint)
+  logits_fn, x, y, eps, epoch, sharding, ops = load_model(a.workdir, a.checkpoint)
   x, y = x[:a.n], y[:a.n]
   net = bench.jax_backed_torch_model(logits_fn, sharding=sharding)
   for attack in a.attacks.split(','):
@@ -71,7 +72,7 @@ def main(argv=None):
     start = time.perf_counter()
     res = aa.run_autoattack(logits_fn, x, y, eps, key=jax.random.key(a.seed),
                             batch_size=a.batch_size, attacks=names, progress=False,
-                            sharding=sharding)
+                            sharding=sharding, ops=ops)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     _, ref = bench.run_reference(net, x, y, eps, attacks=names, batch_size=a.batch_size,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
@@ -24,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sglr_jax.attacks import losses  # noqa: E402
-from sglr_jax.attacks.loop import attack_loop  # noqa: E402
-from sglr_jax.models import create_model  # noqa: E402
+from sglr_jax.attacks import losses
+from sglr_jax.models import create_model
+from sglr_jax.platforms.xla_cpu import parts
+from sglr_jax.platforms.xla_cpu.canonical_loop import attack_loop
 
 _SHAPES = {'resnet18': (32, 32, 3), 'small_cnn': (28, 28, 1)}
 
@@ -43,11 +42,11 @@ def _unrolled(body, init, steps):
 
 
 def _fixed(body, init, steps):
-  return attack_loop(body, init, steps, canonicalize=True)
+  return attack_loop(body, init, steps)
 
 
 def _fixed_nohoist(body, init, steps):
-  return attack_loop(body, init, steps, canonicalize=True, hoist=False)
+  return attack_loop(body, init, steps, hoist=False)
 
 
 VARIANTS = {'fori_loop': _fori, 'unrolled': _unrolled, 'attack_loop': _fixed,
@@ -74,7 +73,7 @@ def make_pgd(model, loop, steps, eps=8 / 255, step_size=2 / 255):
 
 
 def setup(name, batch):
-  model = create_model(name, 10)
+  model = create_model(name, 10, **parts.model_parts(name))  # the model a CPU run builds
   shape = _SHAPES[name]
   k0, k1, k2 = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.uniform(k1, (batch,) + shape)

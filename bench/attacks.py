@@ -10,10 +10,11 @@ Ours and the reference alternate, and every line of output is one JSON measureme
 ``ratio`` is ours / reference (> 1: ours is faster). Compilation is excluded
 (``compile_attacks`` compiles every program ahead of time) and reported as
 ``ours_compile_s``; the reference's own start-up checks (a few forward passes) are
-included, as a user pays them.
+included, as a user pays them. Ours runs with the model parts and attack ops the
+experiment builder would choose on this backend (``experiment.platform_parts``).
 
-  python bench/attacks.py --quick              # small sizes, ~10 minutes on 2 cores
-  python bench/attacks.py --models resnet18 --attacks apgd-ce --n 64 --batch-size 64
+  python -m bench.attacks --quick              # small sizes
+  python -m bench.attacks --models resnet18 --attacks apgd-ce --n 64 --batch-size 64
 
 Weights are random (He-normal, BatchNorm statistics calibrated on the points) and labels
 are the model's own clean predictions, so every point is attacked; ``--eps`` sets how
@@ -23,13 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sglr_jax import host_devices  # noqa: E402  pylint: disable=g-import-not-at-top
+from sglr_jax.platforms.xla_cpu import host_devices  # imports no jax
 
 if __name__ == '__main__':
   host_devices.one_per_core()  # ours as run.py runs it: one XLA device per core
@@ -38,7 +36,8 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from sglr_jax import models, parallel  # noqa: E402  pylint: disable=g-import-not-at-top
+from sglr_jax import mesh as mesh_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+from sglr_jax import models  # noqa: E402  pylint: disable=g-import-not-at-top
 from sglr_jax.attacks import autoattack as aa  # noqa: E402  pylint: disable=g-import-not-at-top
 
 INPUT_SHAPES = {'small_cnn': (28, 28, 1), 'resnet18': (32, 32, 3)}
@@ -121,7 +120,7 @@ def torch_model(name: str, model, variables):
         for w, b in convs:
           x = F.conv2d(same_pad(x, model.kernel, model.strides), w, stride=model.strides)
           x = F.relu(apply_bn(x, b))
-          if model.pool:
+          if model.use_pool:
             x = F.max_pool2d(x, 2, 2)
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # flatten in NHWC order
         x = F.relu(F.linear(x, *dense[0]))
@@ -241,14 +240,17 @@ def run_reference(torch_net, x, y, eps, *, attacks, batch_size, seed=0):
 # ------------------------------------------------------------------------------ bench
 
 def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0):
-  model = models.create_model(name, 10)
+  # imported here: it brings in the data and training modules, which tests do not need
+  from sglr_jax import experiment  # pylint: disable=g-import-not-at-top
+  parts = experiment.platform_parts(name)
+  model = models.create_model(name, 10, **parts.model_parts)
   shape = INPUT_SHAPES[name]
   x = np.random.default_rng(seed).uniform(size=(n,) + shape).astype(np.float32)
   variables = calibrate_batch_norm(model, numpy_init(model, (1,) + shape, seed), x[:64])
   logits_fn = lambda z: model.apply(variables, z, train=False)
   y = aa.predict(logits_fn, x, batch_size)
-  mesh = parallel.make_mesh(0)
-  sharding = parallel.batch_sharding(mesh) if batch_size % mesh.size == 0 else None
+  mesh = mesh_lib.make_mesh(0)
+  sharding = mesh_lib.batch_sharding(mesh) if batch_size % mesh.size == 0 else None
   net, logit_diff = None, None
   if reference:
     import torch  # pylint: disable=g-import-not-at-top
@@ -262,14 +264,14 @@ def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0
     cfg = aa.AutoAttackConfig(early_stop=attack.endswith('-early'))
     start = time.perf_counter()
     aa.compile_attacks(logits_fn, shape, batch_size=batch_size, attacks=names, config=cfg,
-                       sharding=sharding)
+                       sharding=sharding, ops=parts.attack_ops)
     compile_s = time.perf_counter() - start
     ours, ref, accs_ours, accs_ref = [], [], None, None
     for r in range(repeats):
       start = time.perf_counter()
       res = aa.run_autoattack(logits_fn, x, y, eps, key=jax.random.key(r),
                               batch_size=batch_size, attacks=names, config=cfg,
-                              progress=False, sharding=sharding)
+                              progress=False, sharding=sharding, ops=parts.attack_ops)
       ours.append(time.perf_counter() - start)
       accs_ours = dict(res['robust_acc_after'])
       if reference:
@@ -292,7 +294,7 @@ def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--quick', action='store_true', help='small sizes (minutes on 2 cores)')
+  p.add_argument('--quick', action='store_true', help='small sizes (minutes, not hours)')
   p.add_argument('--models', default='small_cnn,resnet18')
   p.add_argument('--attacks', default='apgd-ce,autoattack',
                  help="comma list of 'apgd-ce', 'apgd-t', 'fab-t', 'square', 'autoattack' "
@@ -320,10 +322,10 @@ def main(argv=None):
 
 
 # Random weights (BatchNorm calibrated) and self-predicted labels. small_cnn at 1/255:
-# about half of the points survive APGD-CE, so every attack of the ensemble has work.
-# resnet18 at 1/255: APGD-CE breaks every point (as on a non-robust trained model), so
-# its 'autoattack' line is APGD-CE plus the ensemble's bookkeeping; at 0.25/255 half
-# survive, but the other attacks then take hours on a 2-core CPU.
+# some points survive APGD-CE, so every attack of the ensemble has work. resnet18 at
+# 1/255: APGD-CE breaks every point (as on a non-robust trained model), so its
+# 'autoattack' line is APGD-CE plus the ensemble's bookkeeping; at a smaller eps more
+# survive, but the other attacks then take far longer on a CPU.
 EPS = {'small_cnn': 1 / 255, 'resnet18': 1 / 255}
 
 if __name__ == '__main__':

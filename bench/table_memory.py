@@ -1,9 +1,9 @@
 """Label-table memory per device, replicated vs row-sharded, and the train step time
 of both layouts.
 
-  python bench/table_memory.py                       # memory on 8 devices + step time on 4
-  python bench/table_memory.py --skip-step-time      # memory only
-  python bench/table_memory.py --alloc-limit-gb 0    # no allocation: shard shapes only
+  python -m bench.table_memory                       # memory on 8 devices + step time on 4
+  python -m bench.table_memory --skip-step-time      # memory only
+  python -m bench.table_memory --alloc-limit-gb 0    # no allocation: shard shapes only
 
 Runs on simulated CPU devices (``--xla_force_host_platform_device_count``, 8 unless
 XLA_FLAGS already sets a count). One JSON line per figure:
@@ -12,14 +12,14 @@ XLA_FLAGS already sets a count). One JSON line per figure:
    "classes", "method"}
 
 ``method``: 'allocated' = the table was created with that sharding (as
-``train.initial_state`` places it) and ``bytes_per_device`` is the largest
+``experiment.initial_state`` places it) and ``bytes_per_device`` is the largest
 ``shard.data.nbytes`` over its addressable shards (all devices share host RAM
 here, so this is the bytes each device holds, not free memory); 'shard_shape' =
 not allocated because the copies on all devices would exceed ``--alloc-limit-gb``
 (ImageNet-1k replicated: 8 x 5.1 GB), and the figure is
 ``prod(sharding.shard_shape(shape)) * itemsize``, the same formula the allocated
 cases are checked against. Rows are padded to a multiple of the device count
-(``parallel.table_rows``).
+(``mesh.table_rows``).
 
   {"kind": "step_time", "devices", "layout", "median_s", "times_s", "ratio_vs_replicated",
    "paired_ratio_median", ...}
@@ -33,7 +33,6 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
@@ -46,8 +45,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sglr_jax import parallel  # noqa: E402
+from sglr_jax import data, experiment, mesh as mesh_lib  # noqa: E402
+from sglr_jax.configs import default  # noqa: E402
+from sglr_jax.training import step as step_lib  # noqa: E402
 
 DATASETS = {'cifar100': (50_000, 100), 'imagenet1k': (1_281_167, 1_000)}
 
@@ -57,12 +57,12 @@ def _emit(**kw):
 
 
 def table_memory(devices: int, alloc_limit_gb: float):
-  mesh = parallel.make_mesh(devices)
+  mesh = mesh_lib.make_mesh(devices)
   for name, (n, k) in DATASETS.items():
-    rows = parallel.table_rows(n, mesh)
+    rows = mesh_lib.table_rows(n, mesh)
     shape, dtype = (rows, k), jnp.dtype(jnp.float32)
-    for layout in parallel.TABLE_LAYOUTS:
-      sharding = NamedSharding(mesh, P(parallel.AXIS) if layout == 'sharded' else P())
+    for layout in mesh_lib.TABLE_LAYOUTS:
+      sharding = NamedSharding(mesh, P(mesh_lib.AXIS) if layout == 'sharded' else P())
       per_device = int(np.prod(sharding.shard_shape(shape))) * dtype.itemsize
       if per_device * devices <= alloc_limit_gb * 2**30:
         table = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
@@ -78,10 +78,8 @@ def table_memory(devices: int, alloc_limit_gb: float):
 
 
 def _setup(devices: int, layout: str, batch: int, attack_steps: int, width: int):
-  """A ``train.Setup`` on synthetic CIFAR-100-sized data (the step does not care
+  """An ``Experiment`` on synthetic CIFAR-100-sized data (the step does not care
   what the pixels are; the table has 50,000 x 100 entries)."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from sglr_jax import data, steps as steps_lib, train  # pylint: disable=g-import-not-at-top
   n, k = DATASETS['cifar100']
   c = default.get_config()
   c.data.name = 'cifar100'
@@ -95,21 +93,17 @@ def _setup(devices: int, layout: str, batch: int, attack_steps: int, width: int)
   labels = rng.integers(0, k, n).astype(np.int32)
   ds = data.Dataset('synthetic-cifar100', k, images, labels, labels, images[:batch],
                     labels[:batch])
-  mesh = parallel.make_mesh(devices)
-  model = train.build_model(c, k)
-  return train.Setup(c, ds, mesh, model, steps_lib.step_config(c, k),
-                     data.steps_per_epoch(n, batch))
+  return experiment.build(c, ds=ds)
 
 
 def step_time(devices: int, batch: int, attack_steps: int, width: int, repeats: int,
               steps_per_repeat: int):
-  from sglr_jax import data, steps as steps_lib, train  # pylint: disable=g-import-not-at-top
   runs = {}
-  for layout in parallel.TABLE_LAYOUTS:
+  for layout in mesh_lib.TABLE_LAYOUTS:
     s = _setup(devices, layout, batch, attack_steps, width)
-    st = train.initial_state(s)
-    step = steps_lib.make_train_step(s.model, s.step_config, s.mesh, st)
-    batches = [parallel.to_global(b, s.mesh) for b in
+    st = experiment.initial_state(s)
+    step = step_lib.make_train_step(s.model, s.step, s.mesh, st, ops=s.attack_ops)
+    batches = [mesh_lib.to_global(b, s.mesh) for b in
                itertools.islice(data.train_batches(s.ds, 0, 0, batch), steps_per_repeat)]
     for b in batches[:2]:  # compile and warm up
       st, m = step(st, b)

@@ -1,7 +1,7 @@
 """Throughput of the PGD-10 AT step and the AT + SGLR step, and compile time vs PGD steps.
 
-  python bench/train_step.py               # small CNN b128 and ResNet-18 b32
-  python bench/train_step.py --quick       # tiny sizes, a smoke run
+  python -m bench.train_step               # small CNN b128 and ResNet-18 b32
+  python -m bench.train_step --quick       # tiny sizes, a smoke run
 
 Prints one JSON line per measurement: model, batch, objective, pgd_steps, img_s,
 compile_s. AT and AT + SGLR are timed alternately in the same run (rounds), so a
@@ -11,39 +11,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import default  # noqa: E402
-from sglr_jax import data, models, parallel, state as state_lib  # noqa: E402
-from sglr_jax import steps as steps_lib  # noqa: E402
+from sglr_jax import data, experiment, mesh as mesh_lib
+from sglr_jax.configs import default
+from sglr_jax.training import step as step_lib
 
 
 def make(model_name, batch, sglr, pgd_steps, width=0, image_shape=(32, 32, 3), k=10):
+  """One device, synthetic data of 4 batches, the platform's parts (as a run gets them)."""
   c = default.get_config()
   c.model.name = model_name
   c.model.width = width
   c.attack.steps = pgd_steps
   c.sglr.enabled = sglr
+  c.sglr.start_epoch = 0
   c.train.batch_size = batch
+  c.parallel.num_devices = 1
   n = batch * 4
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n,) + image_shape, dtype=np.uint8)
   labels = rng.integers(0, k, n).astype(np.int32)
-  mesh = parallel.make_mesh(1)
-  model = models.create_model(model_name, k, width=width, bn_axis_name=parallel.AXIS)
-  st = state_lib.create_train_state(c, model, image_shape, labels, k, 4, jax.random.PRNGKey(0))
-  st = jax.device_put(st, parallel.state_shardings(st, mesh, 'replicated'))
-  sc = steps_lib.step_config(c, k)
-  step = steps_lib.make_train_step(model, sc, mesh, st)
   ds = data.Dataset('synthetic', k, images, labels, labels, images[:1], labels[:1])
-  batches = [parallel.to_global(b, mesh) for b in data.train_batches(ds, 0, 0, batch)]
+  exp = experiment.build(c, ds=ds)
+  st = experiment.initial_state(exp)
+  step = step_lib.make_train_step(exp.model, exp.step, exp.mesh, st, ops=exp.attack_ops)
+  batches = [mesh_lib.to_global(b, exp.mesh) for b in data.train_batches(ds, 0, 0, batch)]
   return step, st, batches
 
 

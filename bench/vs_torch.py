@@ -1,26 +1,30 @@
 """Our step vs the same step written once in PyTorch (CPU), alternating in one run.
 
-  python bench/vs_torch.py --model resnet18 --batch 32 --mode at
-  python bench/vs_torch.py --model small_cnn --batch 128 --mode pgd20
-  python bench/vs_torch.py --quick            # tiny smoke run
+  python -m bench.vs_torch --model resnet18 --batch 32 --mode at
+  python -m bench.vs_torch --model small_cnn --batch 128 --mode pgd20
+  python -m bench.vs_torch --quick            # tiny smoke run
 
 Modes (same shapes, random weights, synthetic data on both sides):
   at     PGD-10 (model in eval mode) then the AT + SGLR train step: train-mode forward on
          x', SGLR's extra clean forward (no grad), label-table update, soft-target CE
-         backward, SGD momentum 0.9, weight decay 5e-4 (ours: ``steps.make_train_step``).
+         backward, SGD momentum 0.9, weight decay 5e-4 (ours: ``training.step.make_train_step``).
   pgd20  evaluation only (inference mode): clean forward, PGD-20, forward on x'
-         (ours: ``steps.make_eval_step``).
+         (ours: ``evaluation.predict.make_eval_step``).
   apgd   APGD-CE, 100 iterations, 1 restart, Linf (ours: ``attacks.apgd.apgd_attack``;
          torch: ``pyautoattack``/``autoattack`` ``APGDAttack``). Labels are each model's
          own clean predictions so both attack every point.
 
 Other developers share the 2 cores: ``loadavg_1m`` is printed, and PyTorch's 2-thread
 OpenMP suffers far more from a busy machine than XLA does, so compare under load with
-``taskset -c 0 python bench/vs_torch.py --threads 1`` (one core each) as well.
+``taskset -c 0 python -m bench.vs_torch --threads 1`` (one core each) as well.
 
 Prints one JSON line: model, batch, mode, ours_img_s, torch_img_s, ratio (ours / torch),
-plus ours_gflop_s and ours_peak_share (of the 230 GFLOP/s FP32 peak of the 2 cores, see
-shared/design/PERFORMANCE.md). torch is an optional benchmark-only dependency.
+plus ours_gflop_s and, given ``--peak-gflops`` (the machine's FP32 peak, measured or from
+its data sheet), ours_peak_share. torch is an optional benchmark-only dependency.
+
+Ours gets the parts a run gets on this platform (``experiment.platform_parts``: on
+XLA:CPU the small CNN's conv / pool and the canonical-conv attack loop); ``--fast off``
+(and the ``--ab`` side) builds the models with the plain ``nn.Conv`` / ``nn.max_pool``.
 """
 from __future__ import annotations
 
@@ -29,8 +33,6 @@ import json
 import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _from_argv(argv, name: str, default: str) -> str:
@@ -43,7 +45,7 @@ def _from_argv(argv, name: str, default: str) -> str:
   return default
 
 
-from sglr_jax import host_devices  # noqa: E402  (imports no jax)
+from sglr_jax.platforms.xla_cpu import host_devices  # noqa: E402  (imports no jax)
 
 DEFAULT_MODEL, DEFAULT_BATCH = 'resnet18', 32  # main()'s defaults too
 DEVICES = int(_from_argv(sys.argv, '--devices', '-1'))
@@ -60,15 +62,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import default  # noqa: E402
-from sglr_jax import data, fastconv, fastpool, models, parallel, state as state_lib  # noqa: E402
-from sglr_jax import steps as steps_lib  # noqa: E402
-
-PEAK_GFLOP_S = 230.0
-THREADS = 2  # torch intra-op threads (--threads); XLA uses the cores it may run on
-EPS, STEP = 8 / 255, 2 / 255
-K = 10
-
+from bench.torch_reference import EPS, K, STEP, image_shape, torch_runner  # noqa: E402
+from sglr_jax import data, experiment, mesh as mesh_lib, models  # noqa: E402
+from sglr_jax.configs import default  # noqa: E402
+from sglr_jax.evaluation import predict  # noqa: E402
+from sglr_jax.training import state as state_lib, step as step_lib  # noqa: E402
 
 # ------------------------------------------------------------------------------ FLOPs
 
@@ -106,20 +104,22 @@ def step_gflop(mode: str, fwd: float) -> float:
 
 # ------------------------------------------------------------------------------- ours
 
-def make_model(name, width=0, bn_axis_name=None):
+def parts(name, fast):
+  """The platform's parts (``fast``), or the plain model layers with the same attack ops."""
+  got = experiment.platform_parts(name)
+  return got if fast else got._replace(model_parts={})
+
+
+def make_model(name, model_parts, width=0, bn_axis_name=None):
   if name == 'small_cnn':
-    kw = dict(kernel=5, strides=1, pool=True, dense=1024)
+    kw = dict(kernel=5, strides=1, use_pool=True, dense=1024, **model_parts)
     if width:
       kw['features'] = (width, 2 * width)
     return models.SmallCNN(num_classes=K, bn_axis_name=bn_axis_name, **kw)
-  return models.create_model(name, K, width=width, bn_axis_name=bn_axis_name)
+  return models.create_model(name, K, width=width, bn_axis_name=bn_axis_name, **model_parts)
 
 
-def image_shape(name):
-  return (28, 28, 1) if name == 'small_cnn' else (32, 32, 3)
-
-
-def ours_at(name, batch, width):
+def ours_at(name, batch, width, fast):
   c = default.get_config()
   c.model.name = name
   c.attack.steps, c.attack.eps, c.attack.step_size = 10, EPS, STEP
@@ -130,13 +130,17 @@ def ours_at(name, batch, width):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
   labels = rng.integers(0, K, n).astype(np.int32)
-  mesh = parallel.make_mesh(DEVICES)
-  model = make_model(name, width, parallel.AXIS)
-  st = state_lib.create_train_state(c, model, shape, labels, K, 4, jax.random.PRNGKey(0))
-  st = jax.device_put(st, parallel.state_shardings(st, mesh, 'replicated'))
-  step = steps_lib.make_train_step(model, steps_lib.step_config(c, K), mesh, st)
+  mesh = mesh_lib.make_mesh(DEVICES)
+  p = parts(name, fast)
+  model = make_model(name, p.model_parts, width, mesh_lib.AXIS)
+  tx, _ = state_lib.create_optimizer(experiment.optim_params(c), experiment.schedule_params(c), 4)
+  st = state_lib.create_train_state(model, tx, shape, labels, K, jax.random.PRNGKey(0),
+                                    compiler_options=p.init_options)
+  st = jax.device_put(st, mesh_lib.state_shardings(st, mesh, 'replicated'))
+  step = step_lib.make_train_step(model, experiment.step_config(c, K), mesh, st,
+                                  ops=p.attack_ops)
   ds = data.Dataset('synthetic', K, images, labels, labels, images[:1], labels[:1])
-  batches = [parallel.to_global(b, mesh) for b in data.train_batches(ds, 0, 0, batch)]
+  batches = [mesh_lib.to_global(b, mesh) for b in data.train_batches(ds, 0, 0, batch)]
   box = {'st': st, 'i': 0}
 
   def run():
@@ -146,176 +150,51 @@ def ours_at(name, batch, width):
   return run
 
 
-def _ours_vars(name, batch, width):
+def _ours_vars(name, batch, width, p):
   shape = image_shape(name)
-  model = make_model(name, width)
-  variables = state_lib.init_variables(model, shape, jax.random.PRNGKey(0))
+  model = make_model(name, p.model_parts, width)
+  variables = state_lib.init_variables(model, shape, jax.random.PRNGKey(0), p.init_options)
   rng = np.random.default_rng(0)
   x = rng.random((batch,) + shape, dtype=np.float32)
   return model, variables, x
 
 
-def ours_pgd20(name, batch, width):
-  model, variables, x = _ours_vars(name, batch, width)
-  mesh = parallel.make_mesh(DEVICES)
-  variables = jax.device_put(variables, parallel.replicated(mesh))
-  step = steps_lib.make_eval_step(model, mesh, eps=EPS, step_size=STEP, steps=20)
+def ours_pgd20(name, batch, width, fast):
+  p = parts(name, fast)
+  model, variables, x = _ours_vars(name, batch, width, p)
+  mesh = mesh_lib.make_mesh(DEVICES)
+  variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+  step = predict.make_eval_step(model, mesh, eps=EPS, step_size=STEP, steps=20,
+                                ops=p.attack_ops)
   imgs = jnp.asarray(np.round(x * 255).astype(np.uint8))
   b = {'image': imgs, 'label': jnp.zeros(batch, jnp.int32),
        'index': jnp.arange(batch, dtype=jnp.int32)}
-  b = parallel.to_global(jax.tree.map(np.asarray, b), mesh)
+  b = mesh_lib.to_global(jax.tree.map(np.asarray, b), mesh)
   key = jax.random.PRNGKey(1)
   return lambda: jax.block_until_ready(step(variables, b, key))
 
 
-def ours_apgd(name, batch, width):
+def ours_apgd(name, batch, width, fast):
   try:
     from sglr_jax.attacks import apgd  # pylint: disable=g-import-not-at-top
     fn = apgd.apgd_attack
   except (ImportError, AttributeError) as e:
     return None, f'sglr_jax.attacks.apgd.apgd_attack unavailable: {e!r}'
-  model, variables, x = _ours_vars(name, batch, width)
-  mesh = parallel.make_mesh(DEVICES)
-  variables = jax.device_put(variables, parallel.replicated(mesh))
+  p = parts(name, fast)
+  model, variables, x = _ours_vars(name, batch, width, p)
+  mesh = mesh_lib.make_mesh(DEVICES)
+  variables = jax.device_put(variables, mesh_lib.replicated(mesh))
   logits_fn = lambda z: model.apply(variables, z, train=False)
-  x = jax.device_put(jnp.asarray(x), parallel.batch_sharding(mesh))
+  x = jax.device_put(jnp.asarray(x), mesh_lib.batch_sharding(mesh))
   y = jnp.argmax(logits_fn(x), -1)
-  f = jax.jit(lambda x, y, k: fn(logits_fn, x, y, eps=EPS, key=k, n_iter=100, n_restarts=1))
+  f = jax.jit(lambda x, y, k: fn(logits_fn, x, y, eps=EPS, key=k, n_iter=100, n_restarts=1,
+                                 ops=p.attack_ops))
   key = jax.random.PRNGKey(1)
   try:
     jax.block_until_ready(f(x, y, key))
   except Exception as e:  # pylint: disable=broad-except
     return None, f'sglr_jax apgd_attack failed: {e!r}'[:300]
   return (lambda: jax.block_until_ready(f(x, y, key))), None
-
-
-# ------------------------------------------------------------------------------ torch
-
-def torch_models(torch):
-  nn = torch.nn
-  F = torch.nn.functional
-
-  class Block(nn.Module):
-    def __init__(self, cin, c, s):
-      super().__init__()
-      self.c1 = nn.Conv2d(cin, c, 3, s, 1, bias=False)
-      self.b1 = nn.BatchNorm2d(c)
-      self.c2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
-      self.b2 = nn.BatchNorm2d(c)
-      self.sc = nn.Sequential()
-      if s != 1 or cin != c:
-        self.sc = nn.Sequential(nn.Conv2d(cin, c, 1, s, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x):
-      y = F.relu(self.b1(self.c1(x)))
-      y = self.b2(self.c2(y))
-      return F.relu(y + self.sc(x))
-
-  class ResNet18(nn.Module):
-    def __init__(self, w=64):
-      super().__init__()
-      self.c = nn.Conv2d(3, w, 3, 1, 1, bias=False)
-      self.b = nn.BatchNorm2d(w)
-      layers, cin = [], w
-      for i in range(4):
-        for j in range(2):
-          layers.append(Block(cin, w * 2**i, 2 if i > 0 and j == 0 else 1))
-          cin = w * 2**i
-      self.layers = nn.Sequential(*layers)
-      self.fc = nn.Linear(cin, K)
-
-    def forward(self, x):
-      x = self.layers(F.relu(self.b(self.c(x))))
-      return self.fc(x.mean((2, 3)))
-
-  class SmallCNN(nn.Module):
-    """Madry's MNIST net with BatchNorm after each conv, like ours."""
-    def __init__(self, w=32):
-      super().__init__()
-      self.c1 = nn.Conv2d(1, w, 5, 1, 2, bias=False)
-      self.b1 = nn.BatchNorm2d(w)
-      self.c2 = nn.Conv2d(w, 2 * w, 5, 1, 2, bias=False)
-      self.b2 = nn.BatchNorm2d(2 * w)
-      self.d1 = nn.Linear(7 * 7 * 2 * w, 1024)
-      self.d2 = nn.Linear(1024, K)
-
-    def forward(self, x):
-      x = F.max_pool2d(F.relu(self.b1(self.c1(x))), 2)
-      x = F.max_pool2d(F.relu(self.b2(self.c2(x))), 2)
-      return self.d2(F.relu(self.d1(x.flatten(1))))
-
-  return {'resnet18': ResNet18, 'small_cnn': SmallCNN}
-
-
-def torch_pgd(torch, model, x, y, steps):
-  F = torch.nn.functional
-  x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
-  for _ in range(steps):
-    x_adv.requires_grad_(True)
-    loss = F.cross_entropy(model(x_adv), y, reduction='sum')
-    g, = torch.autograd.grad(loss, [x_adv])
-    x_adv = torch.min(torch.max(x_adv.detach() + STEP * g.sign(), x - EPS), x + EPS).clamp(0, 1)
-  return x_adv.detach()
-
-
-def torch_runner(mode, name, batch, width):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None, 'torch not installed (pip install torch==2.13.0 into the venv)'
-  torch.set_num_threads(THREADS)
-  torch.manual_seed(0)
-  F = torch.nn.functional
-  net = torch_models(torch)[name](*( (width,) if width else ()))
-  h, w_, c = image_shape(name)
-  x = torch.rand(batch, c, h, w_)
-  if mode == 'at':
-    y = torch.randint(0, K, (batch,))
-    n = batch * 4
-    table = F.one_hot(torch.randint(0, K, (n,)), K).float()
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    box = {'i': 0}
-
-    def run():
-      idx = (torch.arange(batch) + box['i'] * batch) % n
-      box['i'] += 1
-      net.eval()
-      x_adv = torch_pgd(torch, net, x, y, 10)
-      net.train()
-      logits_adv = net(x_adv)
-      with torch.no_grad():
-        logits_clean = net(x)
-        p = 0.8 * F.softmax(logits_adv.detach(), -1) + 0.2 * F.softmax(logits_clean, -1)
-        rows = 0.9 * table[idx] + 0.1 * p
-        table[idx] = rows
-      loss = -(rows * F.log_softmax(logits_adv, -1)).sum(-1).mean()
-      opt.zero_grad(set_to_none=True)
-      loss.backward()
-      opt.step()
-    return run, None
-  net.eval()
-  if mode == 'pgd20':
-    y = torch.randint(0, K, (batch,))
-
-    def run():
-      with torch.no_grad():
-        net(x)
-      x_adv = torch_pgd(torch, net, x, y, 20)
-      with torch.no_grad():
-        net(x_adv)
-    return run, None
-  try:
-    from pyautoattack.autopgd_base import APGDAttack  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    try:
-      from autoattack.autopgd_base import APGDAttack  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      return None, 'neither pyautoattack nor autoattack is installed'
-  with torch.no_grad():
-    y = net(x).argmax(-1)
-  atk = APGDAttack(net, n_iter=100, norm='Linf', n_restarts=1, eps=EPS, loss='ce',
-                   device='cpu', seed=0)
-  return (lambda: atk.perturb(x, y)), None
 
 
 # ------------------------------------------------------------------------------- main
@@ -328,9 +207,11 @@ def main():
   p.add_argument('--rounds', type=int, default=3, help='ours/torch alternations')
   p.add_argument('--iters', type=int, default=2, help='steps per side per round')
   p.add_argument('--width', type=int, default=0, help='0 = the real width')
+  p.add_argument('--peak-gflops', type=float, default=0.0,
+                 help="the machine's FP32 peak in GFLOP/s, for ours_peak_share (0: not printed)")
   p.add_argument('--quick', action='store_true', help='tiny widths/batch, 1 round')
   p.add_argument('--fast', default='auto', choices=('auto', 'on', 'off'),
-                 help='the fastconv / fastpool CPU paths (auto: on on CPU only)')
+                 help="the platform's conv / pool model parts (auto: as a run gets them)")
   p.add_argument('--threads', type=int, default=2,
                  help='torch threads; for a 1-core comparison run under `taskset -c 0` '
                       '(XLA sizes its pool by the allowed cores)')
@@ -340,12 +221,10 @@ def main():
                       '--cpu_devices=-1, one per core when the batch splits evenly)')
   p.add_argument('--cpu-convs', default='auto', choices=host_devices.CPU_CONVS,
                  help="XLA:CPU convolutions: YNNPACK's or XLA's own (auto: as run.py "
-                      'chooses for the model; sglr_jax/host_devices.py)')
+                      'chooses for the model; sglr_jax/platforms/xla_cpu/host_devices.py)')
   p.add_argument('--ab', action='store_true',
                  help='also time ours with the fast paths off, alternating with the rest')
   args = p.parse_args()
-  global THREADS
-  THREADS = args.threads
   if args.quick:
     args.width = args.width or 8
     args.batch = min(args.batch, 8)
@@ -361,13 +240,11 @@ def main():
   maker = {'at': ours_at, 'pgd20': ours_pgd20}.get(args.mode)
 
   def build(fast):
-    """Builds and compiles ours with the fast paths switched (read at trace time)."""
-    for mod in (fastconv, fastpool):
-      mod.set_enabled(fast)
+    """Builds and compiles ours with or without the platform's model parts."""
     if maker is not None:
-      fn, why = maker(args.model, args.batch, args.width), None
+      fn, why = maker(args.model, args.batch, args.width, fast), None
     else:
-      fn, why = ours_apgd(args.model, args.batch, args.width)
+      fn, why = ours_apgd(args.model, args.batch, args.width, fast)
     if fn is not None:
       t = time.perf_counter()
       fn()  # compile + warm
@@ -375,13 +252,13 @@ def main():
           time.perf_counter() - t, 2)
     return fn, why
 
-  fast = {'auto': None, 'on': True, 'off': False}[args.fast]
+  fast = {'auto': True, 'on': True, 'off': False}[args.fast]
   ours, skip = build(fast)
-  out['fast'] = fastpool.enabled_default()
+  out['fast'] = fast and bool(experiment.platform_parts(args.model).model_parts)
   sides = [('ours', ours)]
   if args.ab and ours is not None:
     sides.append(('ours_off', build(False)[0]))
-  theirs, tskip = torch_runner(args.mode, args.model, args.batch, args.width)
+  theirs, tskip = torch_runner(args.mode, args.model, args.batch, args.width, args.threads)
   if ours is None or theirs is None:
     out['skipped'] = skip or tskip
     print(json.dumps(out), flush=True)
@@ -401,8 +278,9 @@ def main():
              torch_img_s=round(args.batch / med['torch'], 3),
              ratio=round(med['torch'] / med['ours'], 3),
              ours_gflop_s=round(gflop / med['ours'], 1),
-             ours_peak_share=round(gflop / med['ours'] / PEAK_GFLOP_S, 3),
              gflop_per_img=round(gflop / args.batch, 3))
+  if args.peak_gflops > 0:
+    out['ours_peak_share'] = round(gflop / med['ours'] / args.peak_gflops, 3)
   out['loadavg_1m'] = round(os.getloadavg()[0], 2)  # other users of the 2 cores
   if 'ours_off' in med:
     out.update(ours_off_img_s=round(args.batch / med['ours_off'], 3),

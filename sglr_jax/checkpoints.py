@@ -40,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from sglr_jax import parallel
+from sglr_jax import distributed, errors
 
 KINDS = ('latest', 'best', 'final')
 KEEP = {'latest': 2, 'best': 1, 'final': 1}
@@ -49,11 +49,7 @@ COMMIT_FILE = 'commit_success.txt'
 _barrier_ids = itertools.count()
 
 
-class NoCheckpointError(FileNotFoundError):
-  pass
-
-
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(errors.UserError, ValueError):
   """A readable checkpoint whose arrays do not match the config's state."""
 
 
@@ -67,7 +63,7 @@ def _checkpointer() -> ocp.Checkpointer:
 
 def _sync(name: str):
   """All processes wait here (coordination-service barrier; no-op on one process)."""
-  parallel.sync_processes(f'sglr_ckpt_{name}_{next(_barrier_ids)}')
+  distributed.sync_processes(f'sglr_ckpt_{name}_{next(_barrier_ids)}')
 
 
 def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = None):

@@ -1,7 +1,6 @@
 """Study 3: the alpha / temperature sweep of paper Tab. 4 at small scale (packaged
 MNIST, default small CNN, 20 epochs): alpha in {0, 0.2, 0.5, 0.8} at T = 1 and
-T in {1.5, 2} at alpha = 0.2. alpha = 0 is plain PGD-AT. About 6 x 2 minutes (measured:
-10.2 min on 2 CPU cores).
+T in {1.5, 2} at alpha = 0.2. alpha = 0 is plain PGD-AT. Six runs.
 
   python studies/alpha_temperature.py [--out DIR] [--mini]
 """

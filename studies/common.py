@@ -5,8 +5,8 @@ module trains each into ``OUT/runs/NAME`` (resuming if interrupted), evaluates b
 and final, and writes figures and tables into ``OUT`` with ``sglr_jax.report``,
 plus ``OUT/summary.json`` (wall time, machine, per-run best/final numbers).
 ``--mini`` shrinks everything to a few steps (and at most two runs: the first and
-the last) so the scripts are tested in CI. On CPU the runs use one XLA device per
-core, as ``run.py`` does by default (``sglr_jax/host_devices.py``).
+the last) so the scripts are tested in CI. On CPU the runs use several XLA devices,
+one per core, chosen as ``run.py`` does (``sglr_jax/platforms/xla_cpu/host_devices.py``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 MINI = {
     'model.width': 8, 'model.dense': 0, 'model.features': (), 'data.train_size': 128,
@@ -36,7 +35,7 @@ def parse_args(description: str, default_out: str):
   p.add_argument('--no-progress', action='store_true')
   p.add_argument('--suite', default='natural,pgd20,ece',
                  help="eval.suite of every run; add 'autoattack' for the AutoAttack row "
-                      '(about 10 minutes more per run on 2 CPU cores)')
+                      '(the longest part of an evaluation on CPU)')
   return p.parse_args()
 
 
@@ -49,7 +48,7 @@ def set_field(c, path: str, value):
 
 
 def make_config(module: str, overrides: dict, mini: bool, suite: str = ''):
-  c = importlib.import_module(f'configs.{module}').get_config()
+  c = importlib.import_module(f'sglr_jax.configs.{module}').get_config()
   if suite:
     c.eval.suite = tuple(suite.split(','))
   for k, v in overrides.items():
@@ -62,19 +61,34 @@ def make_config(module: str, overrides: dict, mini: bool, suite: str = ''):
   return c
 
 
+def configure_host_devices(configs) -> int:
+  """XLA host devices for all the study's configs, before anything imports jax."""
+  from sglr_jax.platforms.xla_cpu import host_devices  # pylint: disable=g-import-not-at-top
+  first = configs[0]
+  return host_devices.configure(
+      -1, batch_sizes=tuple(b for c in configs for b in (c.train.batch_size, c.eval.batch_size)),
+      model_name=str(first.model.name), cpu_convs=str(first.parallel.get('cpu_convs', 'auto')),
+      distributed=False)
+
+
 def run_study(title: str, runs, args, groups=None) -> dict:
   """Trains + evaluates each run, then writes the report. ``groups`` maps a figure
   group name to the run names to put together (default: all in one)."""
-  from sglr_jax import host_devices  # pylint: disable=g-import-not-at-top
-  host_devices.one_per_core()  # before jax is imported; no-op if XLA_FLAGS sets a count
-  from sglr_jax import evaluate, report, train  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  os.makedirs(args.out, exist_ok=True)
   if args.mini and len(runs) > 2:  # the smoke test: first and last run only
     runs = [runs[0], runs[-1]]
     names = {r[0] for r in runs}
     groups = {g: [n for n in ns if n in names] for g, ns in (groups or {}).items()} or None
     groups = {g: ns for g, ns in (groups or {}).items() if ns} or None
+  configs = [make_config(module, dict(overrides, name=name), args.mini, getattr(args, 'suite', ''))
+             for name, module, overrides in runs]
+  configure_host_devices(configs)
+  # pylint: disable=g-import-not-at-top  (after the host devices are set)
+  import jax
+  from sglr_jax import report
+  from sglr_jax.evaluation.evaluate import evaluate
+  from sglr_jax.training.loop import train_and_evaluate
+  # pylint: enable=g-import-not-at-top
+  os.makedirs(args.out, exist_ok=True)
   t0 = time.time()
   summary = {'title': title, 'machine': f'{platform.machine()}, {os.cpu_count()} cores, '
                                         f'{jax.device_count()} {jax.default_backend()} devices',
@@ -82,14 +96,12 @@ def run_study(title: str, runs, args, groups=None) -> dict:
                         or ' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
              'runs': {}}
   workdirs = {}
-  for name, module, overrides in runs:
+  for (name, module, overrides), c in zip(runs, configs):
     wd = os.path.join(args.out, 'runs', name)
-    c = make_config(module, dict(overrides, name=name), args.mini,
-                    getattr(args, 'suite', ''))
     t = time.time()
     print(f'[{title}] training {name} ({module} {overrides})', flush=True)
-    train.train_and_evaluate(c, wd, progress=not args.no_progress)
-    res = evaluate.evaluate(c, wd, progress=not args.no_progress)
+    train_and_evaluate(c, wd, progress=not args.no_progress)
+    res = evaluate(c, wd, progress=not args.no_progress)
     summary['runs'][name] = {'config': module, 'overrides': {k: list(v) if isinstance(v, tuple)
                                                               else v for k, v in overrides.items()},
                              'seed': c.seed, 'wall_s': round(time.time() - t, 1),

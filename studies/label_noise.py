@@ -1,8 +1,8 @@
 """Study 2: symmetric label noise 0, 0.2, 0.4, 0.6; hard labels (PGD-AT) vs SGLR
 (paper Tab. B.2, Fig. 4) on the packaged MNIST, small CNN conv64-s2, conv64-s2, dense
 1024, 40 epochs (configs/mnist_noisy_*.py). Noise 0.4 is run with two seeds (model and
-data-order seed 0 and 1; the noisy labels stay those of noise seed 0). About 10 runs x
-10 minutes on 2 idle CPU cores; ``--rates 0.4`` runs the headline setting alone (4 runs).
+data-order seed 0 and 1; the noisy labels stay those of noise seed 0): 10 runs;
+``--rates 0.4`` runs the headline setting alone (4 runs).
 
   python studies/label_noise.py [--rates 0,0.2,0.4,0.6] [--seeds 0,1] [--out DIR] [--mini]
 

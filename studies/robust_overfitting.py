@@ -2,8 +2,7 @@
 
 PGD-AT vs PGD-AT + LS vs PGD-AT + SGLR with the small CNN widened to a 1024-unit dense
 layer, 40 epochs, lr decayed after epochs 20 and 30 (10 epochs after the last decay),
-eps 0.1, clean labels. About 3 x 7 minutes on 2 CPU cores (measured: 430 s for the
-SGLR run).
+eps 0.1, clean labels.
 
   python studies/robust_overfitting.py [--out DIR] [--mini]
 """

@@ -1,5 +1,5 @@
 """Study 4: TRADES vs TRADES + SGLR on the packaged MNIST (default small CNN, 20
-epochs, beta 6, eps 0.1). About 2 x 2 minutes on 2 CPU cores (measured: 227 s).
+epochs, beta 6, eps 0.1).
 
   python studies/trades.py [--out DIR] [--mini]
 """

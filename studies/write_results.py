@@ -15,34 +15,35 @@ import glob
 import json
 import os
 import shutil
-import sys
+
+from sglr_jax.evaluation import results
+from sglr_jax.history import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 ORDER = ('robust_overfitting', 'label_noise', 'alpha_temperature', 'trades')
-
-
-def pct(x):
-  return '-' if x is None else f'{100 * x:.1f}'
+METRICS = ('natural_acc', 'pgd20_acc')
+COLUMNS = ('best epoch', 'seed', 'final fit of noisy labels (%)', 'training wall (s)')
 
 
 def run_rows(study_dir: str, summary: dict) -> list[str]:
-  from sglr_jax import metrics  # pylint: disable=g-import-not-at-top
-  rows = ['| run | seed | natural best | natural final | PGD-20 best (epoch) | PGD-20 final | '
-          'PGD-20 diff | final fit of noisy labels | training wall (s) |',
-          '|---|---|---|---|---|---|---|---|---|']
+  """The study's Best / Final / Diff table (``evaluation.results``), one row per run."""
+  rows = []
   for name, info in summary['runs'].items():
     wd = os.path.join(study_dir, 'runs', name)
-    res = json.load(open(os.path.join(wd, 'results.json')))
-    hist = metrics.read_history(wd)
+    with open(os.path.join(wd, 'results.json')) as f:
+      res = json.load(f)
+    hist = read_history(wd)
     fit = hist[-1].get('train_noisy_fit') if hist else None
     train_wall = round(sum(r.get('epoch_time_s', 0.0) for r in hist), 1)  # survives resumes
-    b, f = res['best'], res['final']
-    rows.append(f"| {name} | {info['seed']} | {pct(b['natural_acc'])} | {pct(f['natural_acc'])} | "
-                f"{pct(b['pgd20_acc'])} ({b['epoch']}) | {pct(f['pgd20_acc'])} | "
-                f"{pct(b['pgd20_acc'] - f['pgd20_acc'])} | {pct(fit)} | {train_wall} |")
-  return rows
+    row = {'method': name, 'best epoch': res['best']['epoch'], 'seed': info['seed'],
+           'final fit of noisy labels (%)': results.fmt(results.percent(fit)),
+           'training wall (s)': train_wall}
+    got = results.best_final_diff(res['best'], res['final'], METRICS, res.get('diff'))
+    for key, parts in got.items():
+      row[key] = {p: results.percent(v) for p, v in parts.items()}
+    rows.append(row)
+  return results.runs_table(rows, METRICS, columns=COLUMNS).splitlines()
 
 
 def main():
@@ -55,11 +56,12 @@ def main():
          'of the study scripts in `studies/`; the figures are theirs. Accuracies in percent on '
          'the packaged MNIST test split (1,000 digits), PGD-20 at the config\'s eps (0.1); '
          '"best" is the epoch with the highest test PGD-20 accuracy, "final" the last epoch, '
-         '"diff" best minus final.', '']
+         '"diff" best minus final (one decimal, as in the report).', '']
   found = [s for s in ORDER if os.path.exists(os.path.join(args.studies_out, s, 'summary.json'))]
   for study in found:
     d = os.path.join(args.studies_out, study)
-    summary = json.load(open(os.path.join(d, 'summary.json')))
+    with open(os.path.join(d, 'summary.json')) as f:
+      summary = json.load(f)
     out += [f"## {summary['title'][:1].upper()}{summary['title'][1:]}", '',
             f"Command: `python {summary['command']}`; machine: {summary['machine']}; "
             f"wall time of the last invocation {summary['wall_s'] / 60:.1f} min for "
@@ -75,7 +77,8 @@ def main():
     out.append('')
     reading = os.path.join(ROOT, 'studies', 'readings', f'{study}.md')
     if os.path.exists(reading):
-      out += ['**Reading.** ' + open(reading).read().strip(), '']
+      with open(reading) as f:
+        out += ['**Reading.** ' + f.read().strip(), '']
   missing = [s for s in ORDER if s not in found]
   if missing:
     out += ['## Not run yet', '', 'These studies have scripts but no measured outputs in this '

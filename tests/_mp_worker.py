@@ -8,11 +8,16 @@ parent sets with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``:
 
   {"job": "steps", "overrides": {...}, "layouts": [...], "steps": 4, "save_at": 2,
    "ckpt": DIR, "out": NPZ}   # train steps directly, dump arrays, save/restore
-  {"job": "train", "base": "tiny"|"mp", "overrides": {...}, "workdir": DIR}
-                                          # train.train_and_evaluate
+  {"job": "train", "base": "tiny"|"mp", "overrides": {...}, "workdir": DIR,
+   "sigkill_in_save": "latest/6"}    # training.loop.train_and_evaluate (optionally
+                                     # SIGKILLed inside the save of that checkpoint)
+  {"job": "cli", "argv": [...], "sigterm": [PROCESS, STEP]}
+                                     # the command line (run.py), with SIGTERM to
+                                     # process PROCESS after its train step STEP
 
 The helpers are shared by the parent test process, so both sides run the same
-procedure.
+procedure. Every event a test waits for is raised by the run itself at a chosen step
+(a training hook) or a chosen point of a save, never by a timer.
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for _p in (HERE, ROOT):
-  if _p not in sys.path:
-    sys.path.insert(0, _p)
+# The keys XLA's preemption sync protocol (xla/tsl/distributed_runtime/preemption/
+# preemption_sync_manager.cc) writes each process's step count under.
+PREEMPTION_COUNTERS = 'PREEMPTION_CURRENT_COUNTER/'
+WAIT_S = 300  # bounds the waits below (they only prevent hangs; nothing is timed)
 
 # The multi-device tests' run: N = 126 training examples (not a multiple of 4, so
 # the label table has padding rows that differ between 1, 2 and 4 devices), 3 steps
@@ -49,9 +55,9 @@ def config(**overrides):
 def cli_flags(**overrides) -> list[str]:
   """``--config.a.b=v`` flags giving run.py the same config as ``config(**overrides)``:
   every field where the tests' tiny config differs from configs/mnist_sglr.py."""
-  import importlib  # pylint: disable=g-import-not-at-top
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  plain = dict(_flat(importlib.import_module('configs.mnist_sglr').get_config()))
+  from sglr_jax.configs import mnist_sglr  # pylint: disable=g-import-not-at-top
+  plain = dict(_flat(mnist_sglr.get_config()))
   fields = {k: v for k, v in _flat(tiny_config('mnist_sglr')) if plain[k] != v}
   fields.update({**MP_OVERRIDES, **overrides})
   out = ['--config=configs/mnist_sglr.py']
@@ -70,23 +76,22 @@ def _flat(c, prefix=''):
       yield prefix + k, v
 
 
-def batches(s, start: int = 0):
+def batches(exp, start: int = 0):
   """The global batches of consecutive epochs, from step ``start`` on."""
   from sglr_jax import data  # pylint: disable=g-import-not-at-top
-  c = s.config
   gen = itertools.chain.from_iterable(
-      data.train_batches(s.ds, c.seed, e, c.train.batch_size) for e in itertools.count())
+      data.train_batches(exp.ds, exp.seed, e, exp.train.batch_size) for e in itertools.count())
   return itertools.islice(gen, start, None)
 
 
-def run_steps(s, st, n: int, start: int = 0, on_step=None):
+def run_steps(exp, st, n: int, start: int = 0, on_step=None):
   """``n`` train steps on ``st`` from global step ``start``; ``on_step(i, st)`` after each."""
-  from sglr_jax import parallel  # pylint: disable=g-import-not-at-top
-  from sglr_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  step = steps_lib.make_train_step(s.model, s.step_config, s.mesh, st)
+  from sglr_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from sglr_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  step = step_lib.make_train_step(exp.model, exp.step, exp.mesh, st, ops=exp.attack_ops)
   losses = []
-  for i, batch in enumerate(itertools.islice(batches(s, start), n), start + 1):
-    st, m = step(st, parallel.to_global(batch, s.mesh))
+  for i, batch in enumerate(itertools.islice(batches(exp, start), n), start + 1):
+    st, m = step(st, mesh_lib.to_global(batch, exp.mesh))
     losses.append(float(m['loss_sum']) / float(m['count']))
     if on_step is not None:
       on_step(i, st)
@@ -129,7 +134,6 @@ def subprocess_env(devices: int) -> dict:
     env['JAX_COMPILATION_CACHE_DIR'] = cache
     env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-  env['PYTHONPATH'] = os.pathsep.join([ROOT, HERE, env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
   return env
 
 
@@ -196,25 +200,25 @@ def _job_steps(spec):
   """Train ``steps`` steps for each layout on all devices; for the first layout, save
   a checkpoint after ``save_at`` steps and restore it on a 2-device mesh."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sglr_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
+  from sglr_jax import checkpoints, experiment  # pylint: disable=g-import-not-at-top
   out = {}
   for n, layout in enumerate(spec['layouts']):
-    s = train.build(config(**spec['overrides'], **{'sglr.table_sharding': layout}))
-    st = train.initial_state(s)
+    exp = experiment.build(config(**spec['overrides'], **{'sglr.table_sharding': layout}))
+    st = experiment.initial_state(exp)
 
     def save(i, st, first=(n == 0)):
       if first and spec.get('ckpt') and i == spec['save_at']:
         checkpoints.save(spec['ckpt'], 'latest', st, i)
         out.update(arrays(st, 'saved/'))
 
-    st, losses = run_steps(s, st, spec['steps'], on_step=save)
+    st, losses = run_steps(exp, st, spec['steps'], on_step=save)
     out.update(arrays(st, f'{layout}/'))
     out[f'{layout}/losses'] = np.asarray(losses)
   if spec.get('ckpt'):
     for layout in ('replicated', 'sharded'):
-      s = train.build(config(**spec['overrides'], **{'sglr.table_sharding': layout,
-                                                     'parallel.num_devices': 2}))
-      target = train.initial_state(s)
+      exp = experiment.build(config(**spec['overrides'], **{'sglr.table_sharding': layout,
+                                                            'parallel.num_devices': 2}))
+      target = experiment.initial_state(exp)
       st, key = checkpoints.restore(spec['ckpt'], 'latest', target)
       assert key == spec['save_at'] and int(st.step) == key, (key, int(st.step))
       assert st.label_table.sharding == target.label_table.sharding
@@ -222,19 +226,79 @@ def _job_steps(spec):
   np.savez(spec['out'], **out)
 
 
+def kill_inside_save(checkpoint: str):
+  """SIGKILLs this process inside the save of ``checkpoint`` (e.g. 'latest/6'): after
+  Orbax's handler wrote its files into the temporary directory, before the commit
+  (the rename that makes the checkpoint visible)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  handler_save = ocp.CompositeCheckpointHandler.save
+
+  def save(self, directory, *args, **kwargs):
+    out = handler_save(self, directory, *args, **kwargs)
+    if f'/{checkpoint}.orbax-checkpoint-tmp' in str(directory):
+      os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+  ocp.CompositeCheckpointHandler.save = save
+
+
 def _job_train(spec):
   """``train_and_evaluate`` on ``tiny_config(**overrides)`` (base 'tiny') or
   ``config(**overrides)`` (base 'mp')."""
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  from sglr_jax import train  # pylint: disable=g-import-not-at-top
+  from sglr_jax.training import loop  # pylint: disable=g-import-not-at-top
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in spec['overrides'].items()}
   c = tiny_config(**overrides) if spec.get('base') == 'tiny' else config(**overrides)
-  train.train_and_evaluate(c, spec['workdir'], progress=False)
+  if spec.get('sigkill_in_save'):
+    kill_inside_save(spec['sigkill_in_save'])
+  loop.train_and_evaluate(c, spec['workdir'], progress=False)
+
+
+def sigterm_hook(process: int, at_step: int):
+  """A training hook: after train step ``at_step``, process ``process`` sends itself
+  SIGTERM (JAX's preemption service owns the signal under ``jax.distributed``); then
+  every process waits until the service's sync protocol has collected the step count
+  of every process. Each process is then still at step ``at_step - 1`` for the
+  protocol (the loop checks the sync point after its hooks), so all of them stop at
+  ``at_step`` and save that checkpoint, however late the notice travels."""
+
+  def hook(step: int):
+    if step != at_step:
+      return
+    import jax  # pylint: disable=g-import-not-at-top
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == process:
+      os.kill(os.getpid(), signal.SIGTERM)
+    client = ocp.multihost.get_jax_distributed_client()
+    deadline = time.time() + WAIT_S
+    while len(client.key_value_dir_get(PREEMPTION_COUNTERS)) < jax.process_count():
+      if time.time() > deadline:
+        raise RuntimeError(f'no preemption step counts under {PREEMPTION_COUNTERS!r} after '
+                           f'{WAIT_S} s: has XLA\'s preemption sync protocol changed?')
+      time.sleep(0.01)
+
+  return hook
+
+
+def _job_cli(spec):
+  """The command line (as ``python run.py ARGV``), with ``sigterm_hook`` added to the
+  training loop's hooks. Imports nothing before it but the package, as run.py."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from sglr_jax import cli  # pylint: disable=g-import-not-at-top
+  from sglr_jax.training import loop  # pylint: disable=g-import-not-at-top
+  if spec.get('sigterm'):
+    loop.train_and_evaluate = functools.partial(loop.train_and_evaluate,
+                                                hooks=[sigterm_hook(*spec['sigterm'])])
+  sys.argv = [os.path.join(ROOT, 'run.py')] + spec['argv']
+  cli.main()
 
 
 def main(argv):
   with open(argv[1]) as f:
     spec = json.load(f)
+  if spec['job'] == 'cli':  # no test setup: the environment is run.py's
+    _job_cli(spec)
+    return
   import conftest  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (compile cache)
   {'steps': _job_steps, 'train': _job_train}[spec['job']](spec)
 
@@ -244,36 +308,38 @@ if __name__ == '__main__':
 
 
 def launch_run_py(flags: list[str], tmp: str, name: str, processes: int = 2,
-                  devices_per_process: int = 2, timeout: float = 300, on_poll=None,
+                  devices_per_process: int = 2, timeout: float = 300, sigterm=None,
                   retries: int = 1) -> list[str]:
   """Runs ``run.py`` as ``processes`` local processes joined by ``jax.distributed`` on a
   free 127.0.0.1 port (gloo CPU collectives), ``devices_per_process`` devices each.
 
-  ``on_poll(procs)`` is called every 10 ms while they run (to signal them). Returns
-  the log paths; raises (after killing them all) on a timeout or a non-zero exit.
-  A start that fails in gloo's 30 s connection window (processes more than 30 s
-  apart on a very busy host) is retried ``retries`` times on a new port.
+  ``sigterm=(process, step)``: that process gets SIGTERM after that train step (the
+  ``cli`` job's ``sigterm_hook``). Returns the log paths; raises (after killing them
+  all) on a timeout or a non-zero exit. A start that fails in gloo's 30 s connection
+  window (processes more than 30 s apart on a very busy host) is retried ``retries``
+  times on a new port.
   """
   for attempt in range(retries + 1):
     port = free_port()
     procs, logs = [], []
     try:
       for pid in range(processes):
+        argv = ['--progress=false'] + flags + [
+            f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+            f'--config.distributed.num_processes={processes}',
+            f'--config.distributed.process_id={pid}']
         logs.append(os.path.join(tmp, f'{name}_{attempt}_p{pid}.txt'))
-        procs.append(start(
-            [os.path.join(ROOT, 'run.py'), '--progress=false'] + flags + [
-                f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-                f'--config.distributed.num_processes={processes}',
-                f'--config.distributed.process_id={pid}'],
-            devices_per_process, logs[-1]))
-      deadline = time.time() + timeout
-      while time.time() < deadline and any(p.poll() is None for p in procs):
-        if on_poll is not None:
-          on_poll(procs)
-        time.sleep(0.01)
-      if any(p.poll() is None for p in procs):
-        raise TimeoutError(f'run.py processes still running after {timeout:.0f}s:\n'
-                           + '\n'.join(tail(l, 1500) for l in logs))
+        if sigterm is None:
+          args = [os.path.join(ROOT, 'run.py')] + argv
+        else:
+          path = os.path.join(tmp, f'{name}_{attempt}_p{pid}.json')
+          with open(path, 'w') as f:
+            json.dump({'job': 'cli', 'argv': argv, 'sigterm': list(sigterm)}, f)
+          args = [os.path.join(HERE, '_mp_worker.py'), path]
+        procs.append(start(args, devices_per_process, logs[-1]))
+      wait_all(procs, timeout)
+    except TimeoutError as e:
+      raise TimeoutError(f'{e}:\n' + '\n'.join(tail(l, 1500) for l in logs)) from e
     finally:
       stop(procs)
     rcs = [p.returncode for p in procs]

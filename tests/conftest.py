@@ -1,6 +1,5 @@
-"""Test setup: the repo root on sys.path, quiet logs, a small shared MNIST run."""
+"""Test setup: fast XLA compilation, a shared compilation cache, tiny configs."""
 import os
-import sys
 
 # Tests run tiny models, where XLA:CPU's compile time dominates: compile unoptimised.
 # (Numbers are compared within a run or with tolerances, never against optimised builds.)
@@ -13,8 +12,6 @@ if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
 O2 = {'xla_backend_optimization_level': 2}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 import pytest  # noqa: E402
 
@@ -22,7 +19,7 @@ import pytest  # noqa: E402
 def tiny_config(name='mnist_sglr', **overrides):
   """A config that trains in seconds: tiny CNN, small data, few PGD steps."""
   import importlib  # pylint: disable=g-import-not-at-top
-  c = importlib.import_module(f'configs.{name}').get_config()
+  c = importlib.import_module(f'sglr_jax.configs.{name}').get_config()
   c.model.width = 8
   c.data.train_size = 256
   c.data.test_size = 100
@@ -61,33 +58,3 @@ def _enable_compilation_cache():
 
 
 _enable_compilation_cache()
-
-
-@pytest.fixture(scope='module')
-def optimised_autoattack():
-  """The AutoAttack ensemble's jitted programs recompiled with optimisation (``O2``)
-  for one test module; restored afterwards."""
-  from sglr_jax.attacks import autoattack as aa  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  static = {'run_batch': (0, 1, 2), 'square_init_batch': (0, 1), 'square_batch': (0, 1),
-            'predict_batch': (0,)}  # model_fn, name, cfg
-  saved = {n: getattr(aa, n) for n in static}
-  for n, argnums in static.items():
-    setattr(aa, n, jax.jit(saved[n].__wrapped__, static_argnums=argnums,
-                           static_argnames=('sharding',), compiler_options=O2))
-  yield aa
-  for n, f in saved.items():
-    setattr(aa, n, f)
-
-
-def check_linf_attack(x_adv, x, y, eps, logits_fn):
-  """An Linf attack's output (numpy): no NaN, in [0, 1], within ``eps`` (+1e-6); it fools
-  some points but not all, and returns the points it does not fool unchanged. Returns
-  the fooled mask."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  assert not np.isnan(x_adv).any() and x_adv.min() >= 0 and x_adv.max() <= 1
-  assert np.abs(x_adv - x).max() <= eps + 1e-6
-  fooled = np.asarray(np.argmax(np.asarray(logits_fn(x_adv)), -1) != np.asarray(y))
-  assert 0 < fooled.mean() < 1
-  np.testing.assert_array_equal(x_adv[~fooled], x[~fooled])
-  return fooled

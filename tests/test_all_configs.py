@@ -1,8 +1,8 @@
 """Every config in configs/ trains two steps and evaluates once, with a tiny model.
 
 CIFAR configs read a tiny CIFAR written by tfds itself into a temp data_dir
-(``tfds_data.write_prepared``; ``tfds.testing.mock_data`` cannot serve
-``tfds.data_source`` without TensorFlow, see tests/test_tfds_data.py); MNIST configs
+(``fixtures.tfds_prepared.write_prepared``; ``tfds.testing.mock_data`` cannot serve
+``tfds.data_source`` without TensorFlow, see tests/test_tfds_cifar.py); MNIST configs
 use the packaged digits. A config file added to configs/ is picked up automatically.
 """
 import glob
@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from sglr_jax import evaluate, tfds_data, train
+from fixtures.tfds_prepared import write_prepared
+from sglr_jax import experiment, models
+from sglr_jax.evaluation import evaluate
+from sglr_jax.training import loop
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not os.path.basename(p).startswith('_'))  # _*.py: shared helpers
@@ -33,7 +36,7 @@ def cifar_dir(tmp_path_factory):
   for name, k in (('cifar10', 10), ('cifar100', 100)):
     split = lambda n: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
                        rng.integers(0, k, n))
-    tfds_data.write_prepared(name, d, {'train': split(16), 'test': split(8)})
+    write_prepared(name, d, {'train': split(16), 'test': split(8)})
   return d
 
 
@@ -43,8 +46,10 @@ def test_every_config_is_covered():
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
-  c = importlib.import_module(f'configs.{name}').get_config()
+  c = importlib.import_module(f'sglr_jax.configs.{name}').get_config()
   width, depth = TINY_MODEL[c.model.name]
+  if depth:  # a preset's name fixes its depth: the same architecture under its generic name
+    c.model.name = models.GENERIC[c.model.name]
   c.model.width, c.model.depth, c.model.dense, c.model.features = width, depth, 0, ()
   c.data.data_dir = cifar_dir
   c.data.train_size, c.data.test_size = 16, 8
@@ -57,7 +62,7 @@ def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
   noisy = c.data.noise.kind != 'none' and c.data.noise.rate > 0
   c.train.train_fit_every_epochs = 1 if noisy else 0  # the memorisation metrics
   wd = str(tmp_path)
-  hist = train.train_and_evaluate(c, wd, progress=False)
+  hist = loop.train_and_evaluate(c, wd, progress=False)
   assert len(hist) == 1 and math.isfinite(hist[0]['train_loss'])
   if noisy:
     assert 0 <= hist[0]['train_noisy_fit'] <= 1 and 0 <= hist[0]['train_clean_acc'] <= 1
@@ -66,6 +71,6 @@ def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
   assert json.load(open(os.path.join(wd, 'config.json')))['data']['name'] == c.data.name
   if c.sglr.enabled or c.objective.name == 'te':
     # the first epoch already refined the table rows of the 16 examples it saw
-    st, _ = evaluate.restore_for_eval(train.build(c), wd, 'final')
+    st, _ = experiment.restore(experiment.build(c), wd, 'final')
     table = np.asarray(st.label_table)[:16]
     assert np.all(table.max(1) < 1.0)

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attack_support import OPS, small_cnn
 from bench.attacks import numpy_init
 from conftest import O2
-from sglr_jax import models
-from sglr_jax.attacks import apgd, losses
+from sglr_jax.attacks import apgd, losses, pgd
 
 EPS = 8 / 255
 
@@ -139,7 +139,7 @@ def test_dlr_matches_reference_and_is_shift_and_scale_invariant():
 @pytest.fixture(scope='module')
 def cnn():
   """Untrained tiny CNN; labels are its clean predictions (clean accuracy 100%)."""
-  model = models.create_model('small_cnn', 10, width=8)
+  model = small_cnn(width=8)
   variables = numpy_init(model, (1, 28, 28, 1))
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(64, 28, 28, 1)), jnp.float32)
   logits_fn = lambda z: model.apply(variables, z, train=False)
@@ -153,7 +153,8 @@ def apgd_linf(cnn):
   every test below shares one compilation."""
   logits_fn = cnn[0]
   return jax.jit(lambda x, y, key, eps, mask: apgd.apgd_attack(
-      logits_fn, x, y, eps=eps, key=key, n_iter=100, mask=mask), compiler_options=O2)
+      logits_fn, x, y, eps=eps, key=key, n_iter=100, mask=mask, ops=OPS),
+                 compiler_options=O2)
 
 
 def _check_feasible(x_adv, x, eps, norm):
@@ -187,7 +188,7 @@ def test_apgd_l2_feasible_and_unchanged_where_robust(cnn):
   logits_fn, x, y = cnn
   eps = 0.25
   x_adv = jax.jit(lambda x, y: apgd.apgd_attack(
-      logits_fn, x, y, eps=eps, key=jax.random.key(0), norm='L2', n_iter=10),
+      logits_fn, x, y, eps=eps, key=jax.random.key(0), norm='L2', n_iter=10, ops=OPS),
                   compiler_options=O2)(x, y)
   _check_feasible(x_adv, x, eps, 'L2')
   fooled = _fooled(logits_fn, x_adv, y)
@@ -207,18 +208,8 @@ def test_apgd_mask_and_misclassified_points_untouched(cnn, apgd_linf):
 
 
 def _pgd(logits_fn, x, y, eps, key, steps=20):
-  try:
-    from sglr_jax.attacks.pgd import pgd_attack  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    pgd_attack = None
-  if pgd_attack is not None:
-    return pgd_attack(logits_fn, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps,
-                      key=key)
-  x_adv = jnp.clip(x + jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), 0, 1)
-  grad = jax.grad(lambda z: jnp.sum(losses.cross_entropy(logits_fn(z), y)))
-  for _ in range(steps):
-    x_adv = apgd.project(x_adv + 2.5 * eps / steps * jnp.sign(grad(x_adv)), x, eps, 'Linf')
-  return x_adv
+  return pgd.pgd_attack(logits_fn, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps,
+                        key=key, ops=OPS)
 
 
 def test_apgd_ce_at_least_as_strong_as_pgd20(cnn, apgd_linf):
@@ -237,7 +228,7 @@ def test_apgd_ce_at_least_as_strong_as_pgd20(cnn, apgd_linf):
 def test_apgd_targeted_feasible_and_deterministic(cnn):
   logits_fn, x, y = cnn
   run = jax.jit(lambda x, y, key: apgd.apgd_targeted_attack(
-      logits_fn, x, y, eps=2 / 255, key=key, n_iter=10, n_target_classes=3),
+      logits_fn, x, y, eps=2 / 255, key=key, n_iter=10, n_target_classes=3, ops=OPS),
                 compiler_options=O2)
   a = run(x, y, jax.random.key(3))
   b = run(x, y, jax.random.key(3))
@@ -248,17 +239,12 @@ def test_apgd_targeted_feasible_and_deterministic(cnn):
   np.testing.assert_array_equal(np.asarray(a)[~fooled], np.asarray(x)[~fooled])
 
 
-def test_target_labels_rank_from_clean_logits():
-  z = jnp.asarray([[0.1, 5.0, 3.0, -1.0, 4.0]])
-  assert [int(apgd.target_labels(z, r)[0]) for r in (1, 2, 3, 4, 5)] == [1, 4, 2, 0, 3]
-
-
 def test_apgd_early_stop_same_verdicts_earlier_points(cnn, apgd_linf):
   logits_fn, x, y = cnn
   full = apgd_linf(x, y, jax.random.key(0), EPS, jnp.ones(64, bool))
   fooled = jnp.asarray(_fooled(logits_fn, full, y))
   early = jax.jit(lambda x, y, key, mask: apgd.apgd_attack(
-      logits_fn, x, y, eps=EPS, key=key, n_iter=100, mask=mask, early_stop=True),
+      logits_fn, x, y, eps=EPS, key=key, n_iter=100, mask=mask, early_stop=True, ops=OPS),
                   compiler_options=O2)
   # attacking only points the full run fools, every run ends as soon as all are fooled
   a = early(x, y, jax.random.key(0), fooled)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sglr_jax import augment
+from sglr_jax.data import augment
 
 
 def _images(n=32, h=32, seed=0):

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
+from attack_support import OPS, optimised_autoattack, small_cnn  # noqa: F401
 from bench.attacks import numpy_init
 from conftest import O2
-from sglr_jax import models
 from sglr_jax.attacks import apgd, square
 from sglr_jax.attacks import autoattack as aa
+from sglr_jax.attacks.autoattack import programs, runner
 
 # Few iterations, queries and targets: the full standard budget is for evaluations.
 SMALL = aa.AutoAttackConfig(apgd_n_iter=20, apgd_t_n_iter=10, apgd_t_n_target_classes=3,
@@ -30,7 +31,7 @@ def _optimised(optimised_autoattack):  # pylint: disable=unused-argument
 def cnn():
   """Untrained tiny CNN, 40 points (two batches of 32, the second padded); labels are
   its clean predictions with every fourth one changed, so clean accuracy is 75%."""
-  model = models.create_model('small_cnn', 10, width=8)
+  model = small_cnn(width=8)
   variables = numpy_init(model, (1, 28, 28, 1), seed=3)
   logits_fn = lambda z: model.apply(variables, z, train=False)
   x = np.random.default_rng(3).uniform(size=(40, 28, 28, 1)).astype(np.float32)
@@ -44,7 +45,7 @@ def cnn_run(cnn):
   """The ensemble at 1/255, where every attack still has robust points to work on."""
   logits_fn, x, y = cnn
   return aa.run_autoattack(logits_fn, x, y, 1 / 255, key=jax.random.key(0),
-                           batch_size=BATCH, config=SMALL, progress=False)
+                           batch_size=BATCH, config=SMALL, progress=False, ops=OPS)
 
 
 def _check_result(res, logits_fn, x, y, eps):
@@ -72,15 +73,15 @@ def test_ensemble_feasible_and_consistent(cnn, cnn_run):
 
 def test_ensemble_deterministic_and_compiled_once(cnn, cnn_run):
   logits_fn, x, y = cnn
-  compiled = aa.compiled_programs()
+  compiled = programs.traced_programs()
   again = aa.run_autoattack(logits_fn, x, y, 1 / 255, key=jax.random.key(0),
-                            batch_size=BATCH, config=SMALL, progress=False)
+                            batch_size=BATCH, config=SMALL, progress=False, ops=OPS)
   np.testing.assert_array_equal(again['x_adv'], cnn_run['x_adv'])
   assert again['robust_acc_after'] == cnn_run['robust_acc_after']
   other = aa.run_autoattack(logits_fn, x[:37], y[:37], 1.5 / 255, key=jax.random.key(1),
-                            batch_size=BATCH, config=SMALL, progress=True)
+                            batch_size=BATCH, config=SMALL, progress=True, ops=OPS)
   # new data size, eps, key and robust set: nothing recompiles
-  assert aa.compiled_programs() == compiled
+  assert programs.traced_programs() == compiled
   _check_result(other, logits_fn, x[:37], y[:37], 1.5 / 255)
   assert not np.array_equal(other['x_adv'], cnn_run['x_adv'][:37])
 
@@ -98,12 +99,15 @@ def test_warm_up_compiles_every_program_the_attacks_then_call(cnn):
   jax.monitoring.register_event_duration_secs_listener(listener)
   cache = jax.config.jax_enable_compilation_cache
   jax.config.update('jax_enable_compilation_cache', False)
+  traced = programs.traced_programs()
   try:
-    aa._warm_up(aa._without_variables(logits_fn), (), cfg, aa.STANDARD_ATTACKS,
-                x.shape[1:], BATCH, jax.random.fold_in(key, 0), None)
+    model_fn, variables = programs.as_model(logits_fn, None)
+    runner.warm_up(model_fn, variables, cfg, aa.STANDARD_ATTACKS, x.shape[1:], BATCH,
+                   jax.random.fold_in(key, 0), None, ops=OPS)
     warm = len(compiles)
+    assert programs.traced_programs() >= traced + 5  # the count sees new programs
     aa.run_autoattack(logits_fn, x, y, 1 / 255, key=key, batch_size=BATCH, config=cfg,
-                      progress=False)
+                      progress=False, ops=OPS)
   finally:
     jax.config.update('jax_enable_compilation_cache', cache)
     jax.monitoring.unregister_event_duration_listener(listener)
@@ -116,24 +120,24 @@ def test_variables_as_an_argument_match_and_a_new_checkpoint_compiles_nothing(cn
   (``variables=``): the numbers of the closed-over model, and the second checkpoint
   reuses every compiled program."""
   _, x, y = cnn
-  model = models.create_model('small_cnn', 10, width=8)
+  model = small_cnn(width=8)
   model_fn = lambda v, z: model.apply(v, z, train=False)
   run = lambda seed: aa.run_autoattack(
       model_fn, x, y, 1 / 255, key=jax.random.key(0), batch_size=BATCH, config=SMALL,
-      progress=False, variables=numpy_init(model, (1, 28, 28, 1), seed=seed))
+      progress=False, variables=numpy_init(model, (1, 28, 28, 1), seed=seed), ops=OPS)
   same = run(3)  # the weights of the cnn fixture
   np.testing.assert_array_equal(same['robust'], cnn_run['robust'])
   np.testing.assert_allclose(same['x_adv'], cnn_run['x_adv'], atol=1e-5, rtol=0)
-  compiled = aa.compiled_programs()
+  compiled = programs.traced_programs()
   other = run(4)
-  assert aa.compiled_programs() == compiled
+  assert programs.traced_programs() == compiled
   assert not np.array_equal(other['x_adv'], same['x_adv'])  # other weights, other points
 
 
 def test_eps_zero_gives_clean_accuracy(cnn):
   logits_fn, x, y = cnn
   res = aa.run_autoattack(logits_fn, x, y, 0.0, key=jax.random.key(0), batch_size=BATCH,
-                          config=SMALL, progress=False)
+                          config=SMALL, progress=False, ops=OPS)
   assert all(a == res['clean_acc'] for a in res['robust_acc_after'].values())
   np.testing.assert_array_equal(res['x_adv'], x)
 
@@ -141,7 +145,7 @@ def test_eps_zero_gives_clean_accuracy(cnn):
 def test_untrained_model_near_zero_at_8_255(cnn):
   logits_fn, x, y = cnn
   res = aa.run_autoattack(logits_fn, x, y, 8 / 255, key=jax.random.key(0), batch_size=BATCH,
-                          config=SMALL, progress=False)
+                          config=SMALL, progress=False, ops=OPS)
   _check_result(res, logits_fn, x, y, 8 / 255)
   assert res['robust_acc_after']['square'] <= 0.05
 
@@ -158,13 +162,13 @@ def test_regathered_runs_match_the_single_call_attack(cnn, name, eps):
   if name == 'apgd-t':
     fn = lambda x, y: apgd.apgd_targeted_attack(
         logits_fn, x, y, eps=eps, key=akey, n_iter=SMALL.apgd_t_n_iter, example_ids=ids,
-        n_target_classes=SMALL.apgd_t_n_target_classes)
+        n_target_classes=SMALL.apgd_t_n_target_classes, ops=OPS)
   else:
     fn = lambda x, y: square.square_attack(logits_fn, x, y, eps=eps, key=akey,
                                            n_queries=SMALL.square_n_queries, example_ids=ids)
   direct = np.asarray(jax.jit(fn, compiler_options=O2)(x, y))
   res = aa.run_autoattack(logits_fn, x, y, eps, key=key, batch_size=BATCH, attacks=(name,),
-                          config=SMALL, progress=False)
+                          config=SMALL, progress=False, ops=OPS)
   np.testing.assert_array_equal(aa.predict(logits_fn, direct, BATCH) == y, res['robust'])
   np.testing.assert_allclose(res['x_adv'], direct, atol=1e-6, rtol=0)
   assert res['robust'].mean() < res['clean_acc']
@@ -206,7 +210,7 @@ def test_affine_model_closed_form_robust_accuracy():
   cfg = aa.AutoAttackConfig(apgd_n_iter=20, apgd_t_n_iter=20, fab_n_iter=20,
                             square_n_queries=100)                 # all 9 targets
   res = aa.run_autoattack(logits_fn, x, y, eps, key=jax.random.key(0), batch_size=BATCH,
-                          config=cfg, progress=False)
+                          config=cfg, progress=False, ops=OPS)
   _check_result(res, logits_fn, x, y, eps)
   # sound (never below the truth) and, on this small case, exact
   assert (res['robust'][decided] >= exact).all()

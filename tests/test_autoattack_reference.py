@@ -27,9 +27,9 @@ if os.environ.get('SGLR_REFERENCE_TESTS') != '1':
               allow_module_level=True)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from conftest import O2
+from attack_support import OPS, optimised_autoattack, small_cnn  # noqa: F401
 from bench import attacks as bench
-from sglr_jax import models
+from conftest import O2
 from sglr_jax.attacks import autoattack as aa
 
 N = 500
@@ -44,7 +44,7 @@ def _optimised(optimised_autoattack):  # pylint: disable=unused-argument
 
 @pytest.fixture(scope='module')
 def problem():
-  model = models.create_model('small_cnn', 10, width=8)
+  model = small_cnn(width=8)
   x = np.random.default_rng(0).uniform(size=(N, 28, 28, 1)).astype(np.float32)
   variables = bench.calibrate_batch_norm(model, bench.numpy_init(model, (1, 28, 28, 1)), x[:64])
   logits_fn = lambda z: model.apply(variables, z, train=False)
@@ -58,7 +58,8 @@ def _report(tag, ours, ref):
 
 def test_standard_ensemble_agrees_with_reference(problem):
   logits_fn, x, y, net = problem
-  res = aa.run_autoattack(logits_fn, x, y, EPS, key=jax.random.key(0), batch_size=N)
+  res = aa.run_autoattack(logits_fn, x, y, EPS, key=jax.random.key(0), batch_size=N,
+                          ops=OPS)
   x_ref, ref = bench.run_reference(net, x, y, EPS, attacks=aa.STANDARD_ATTACKS, batch_size=N)
   ours = res['robust_acc_after']
   _report('standard (cumulative)', ours, ref)
@@ -72,7 +73,7 @@ def test_standard_ensemble_agrees_with_reference(problem):
 def test_each_attack_alone_agrees_with_reference(problem, attack):
   logits_fn, x, y, net = problem
   res = aa.run_autoattack(logits_fn, x, y, EPS, key=jax.random.key(1), batch_size=N,
-                          attacks=(attack,))
+                          attacks=(attack,), ops=OPS)
   _, ref = bench.run_reference(net, x, y, EPS, attacks=(attack,), batch_size=N, seed=1)
   ours = res['robust_acc_after']
   _report(f'{attack} alone', ours, ref)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_config
-from sglr_jax import config_check
+from sglr_jax import config_validation, errors, experiment
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not os.path.basename(p).startswith('_'))  # _*.py: shared helpers
@@ -16,8 +16,8 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_loads_and_validates(name):
-  c = importlib.import_module(f'configs.{name}').get_config()
-  config_check.validate(c)
+  c = importlib.import_module(f'sglr_jax.configs.{name}').get_config()
+  config_validation.validate(c)
   c.to_json()  # plain values only: serialisable
 
 
@@ -33,14 +33,19 @@ BAD = [
     ('sglr.table_sharding', 'striped', 'sglr.table_sharding'),
     ('model.features', (64, 0), 'model.features'),
     ('eval.autoattack_budget', 'fast', 'eval.autoattack_budget'),
+    ('model.dense', 64, 'model.dense'),  # small_cnn only (the default model is small_cnn)
+    ('schedule.name', 'step', 'schedule.name'),
+    ('train.checkpoint_every_steps', -1, 'train.checkpoint_every_steps'),
 ]
 
 
 @pytest.mark.parametrize('field,value,named', BAD)
 def test_bad_values_name_the_field(field, value, named):
   c = tiny_config(**{field: value})
-  with pytest.raises(config_check.ConfigError, match=named.replace('.', r'\.')):
-    config_check.validate(c)
+  if field == 'model.dense':
+    c.model.name = 'resnet18'
+  with pytest.raises(errors.ConfigError, match=named.replace('.', r'\.')):
+    config_validation.validate(c)
 
 
 def test_cli_errors_are_one_line_and_leave_workdir_alone(tmp_path):
@@ -68,7 +73,7 @@ def _leaves(d, prefix=''):
 
 def test_readme_documents_every_config_field():
   readme = open(os.path.join(ROOT, 'README.md')).read()
-  c = importlib.import_module('configs.default').get_config().to_dict()
+  c = importlib.import_module('sglr_jax.configs.default').get_config().to_dict()
   missing = [f for f in _leaves(c) if f'| `{f}` |' not in readme]
   assert not missing, f'README config reference lacks {missing}'
 
@@ -85,13 +90,34 @@ def test_small_cnn_features_and_dense_from_config():
   (7*7*64)*1024 + 1024 dense, 1024*10 + 10 output."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sglr_jax import train  # pylint: disable=g-import-not-at-top
+  from sglr_jax import models  # pylint: disable=g-import-not-at-top
   c = tiny_config(**{'model.features': (64, 64), 'model.dense': 1024, 'model.width': 0})
-  config_check.validate(c)
-  model = train.build_model(c, 10)
+  config_validation.validate(c)
+  model = models.create_model(c.model.name, 10, **experiment.model_kwargs(c))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 28, 28, 1)),
                                              train=False))
   count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes['params']))
   assert count == 9 * 64 + 9 * 64 * 64 + 2 * 128 + 7 * 7 * 64 * 1024 + 1024 + 10250
-  with pytest.raises(config_check.ConfigError, match='model.features'):
-    config_check.validate(tiny_config(**{'model.features': (64, 64), 'model.width': 8}))
+  with pytest.raises(errors.ConfigError, match='model.features'):
+    config_validation.validate(tiny_config(**{'model.features': (64, 64), 'model.width': 8}))
+
+
+def test_sglr_cannot_combine_with_an_objective_that_has_its_own_table():
+  with pytest.raises(errors.ConfigError, match="objective.name='te'.*allowed objectives: at, ls, "
+                     'trades'):
+    config_validation.validate(tiny_config(**{'objective.name': 'te'}))
+
+
+def test_experiment_params_read_the_config():
+  c = tiny_config('mnist_noisy_sglr', **{'model.width': 0, 'train.checkpoint_every_steps': 3})
+  p = experiment.data_params(c)
+  assert (p.name, p.train_size, p.test_size, p.noise_kind, p.noise_rate) == (
+      'mnist', 256, 100, c.data.noise.kind, c.data.noise.rate)
+  t = experiment.train_params(c)
+  assert (t.epochs, t.batch_size, t.checkpoint_every_steps) == (3, 64, 3)
+  e = experiment.eval_params(c)
+  assert (e.steps, e.batch_size, e.autoattack_budget) == (3, 50, 'smoke')
+  assert isinstance(e.suite, tuple)
+  sc = experiment.step_config(c, 10)
+  assert sc.sglr.start_epoch == 1 and sc.objective.name == c.objective.name
+  assert experiment.sglr_params(tiny_config('mnist_at')) is None

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import optimize
 
+from attack_support import OPS, check_linf_attack, small_cnn
 from bench.attacks import numpy_init
-from conftest import O2, check_linf_attack
-from sglr_jax import models
+from conftest import O2
 from sglr_jax.attacks import fab
 
 
@@ -123,7 +123,8 @@ def test_fab_finds_the_minimal_distance_on_an_affine_model():
   y = z.argmax(1)
   target = np.argsort(z, 1)[:, -2]
   adv, found = jax.jit(lambda x, y, t: fab.fab_targeted_single_run(
-      logits_fn, x, y, t, None, eps=0.1, n_iter=30), compiler_options=O2)(x, y, target)
+      logits_fn, x, y, t, None, eps=0.1, n_iter=30, ops=OPS),
+      compiler_options=O2)(x, y, target)
   adv, found = np.asarray(adv), np.asarray(found)
   flat = x.reshape(n, -1)
 
@@ -147,14 +148,14 @@ def test_fab_finds_the_minimal_distance_on_an_affine_model():
 
 
 def test_fab_targeted_on_cnn_feasible_unchanged_and_deterministic():
-  model = models.create_model('small_cnn', 10, width=8)
+  model = small_cnn(width=8)
   variables = numpy_init(model, (1, 28, 28, 1))
   logits_fn = lambda z: model.apply(variables, z, train=False)
   x = jnp.asarray(np.random.default_rng(1).uniform(size=(32, 28, 28, 1)), jnp.float32)
   y = jnp.argmax(jax.jit(logits_fn)(x), -1)
   eps = 2 / 255
   run = jax.jit(lambda x, y, key: fab.fab_targeted_attack(
-      logits_fn, x, y, eps=eps, key=key, n_iter=10, n_target_classes=3),
+      logits_fn, x, y, eps=eps, key=key, n_iter=10, n_target_classes=3, ops=OPS),
                 compiler_options=O2)
   a = np.asarray(run(x, y, jax.random.key(0)))
   b = np.asarray(run(x, y, jax.random.key(0)))
@@ -164,7 +165,7 @@ def test_fab_targeted_on_cnn_feasible_unchanged_and_deterministic():
   # early stop on the points it fools: same verdicts, but not the smallest perturbations
   early = jax.jit(lambda x, y, key, mask: fab.fab_targeted_attack(
       logits_fn, x, y, eps=eps, key=key, n_iter=10, n_target_classes=3, mask=mask,
-      early_stop=True), compiler_options=O2)(x, y, jax.random.key(0), fooled)
+      early_stop=True, ops=OPS), compiler_options=O2)(x, y, jax.random.key(0), fooled)
   early = np.asarray(early)
   assert np.abs(early - x).max() <= eps + 1e-6
   np.testing.assert_array_equal(np.asarray(jnp.argmax(logits_fn(early), -1) != y), fooled)

@@ -1,4 +1,6 @@
-"""Splitting a CPU host into several XLA devices (run.py --cpu_devices)."""
+"""Splitting a CPU host into several XLA devices, and XLA:CPU's conv library flag."""
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -7,8 +9,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_config
-from sglr_jax import host_devices
+from conftest import ROOT
+from sglr_jax.platforms.xla_cpu import host_devices
+
+_CONFIGURE = dict(batch_sizes=(64, 50), model_name='small_cnn', cpu_convs='auto',
+                  distributed=False)
 
 
 @pytest.mark.parametrize('batches,cores,expected', [
@@ -23,21 +28,39 @@ def test_auto_count(batches, cores, expected):
 
 
 def test_configure_leaves_an_explicit_flag_and_a_started_jax(monkeypatch):
-  c = tiny_config()
   monkeypatch.setenv('XLA_FLAGS', '--foo=1 --xla_force_host_platform_device_count=3')
-  assert host_devices.configure(-1, c) == 3
+  assert host_devices.configure(-1, **_CONFIGURE) == 3
   monkeypatch.setenv('XLA_FLAGS', '')
   import jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  assert host_devices.configure(2, c) == 1  # too late in this process: unchanged
+  assert host_devices.configure(2, **_CONFIGURE) == 1  # too late in this process: unchanged
   assert os.environ['XLA_FLAGS'] == ''
   with pytest.raises(ValueError, match='cpu_devices'):
-    host_devices.configure(0, c)
+    host_devices.configure(0, **_CONFIGURE)
+
+
+def test_configure_auto_count_and_one_device_per_process_when_distributed(monkeypatch):
+  monkeypatch.delitem(sys.modules, 'jax', raising=False)  # as before the entry point imports it
+  monkeypatch.delenv('JAX_COORDINATOR_ADDRESS', raising=False)
+  monkeypatch.setattr(host_devices, 'usable_cores', lambda: 8)
+  flag = host_devices.FLAG
+  monkeypatch.setenv('XLA_FLAGS', '')
+  kw = dict(_CONFIGURE, batch_sizes=(128, 500))
+  assert host_devices.configure(-1, **kw) == 4  # gcd 4 on 8 cores
+  assert os.environ['XLA_FLAGS'] == f'{flag}=4'
+  for distributed, env in ((True, None), (False, 'localhost:1234')):
+    monkeypatch.setenv('XLA_FLAGS', '')
+    if env:
+      monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', env)
+    assert host_devices.configure(-1, **dict(kw, distributed=distributed)) == 1
+    assert os.environ['XLA_FLAGS'] == ''
+  monkeypatch.setenv('XLA_FLAGS', '')
+  assert host_devices.configure(3, **dict(kw, distributed=True)) == 3  # explicit count wins
+  assert os.environ['XLA_FLAGS'] == f'{flag}=3'
 
 
 def test_cpu_convs_flag_by_model_and_only_when_it_can_act(monkeypatch):
   ynn = f'{host_devices.YNN_FLAG}={host_devices.YNN_DOTS_ONLY}'
-  monkeypatch.delitem(sys.modules, 'jax', raising=False)  # as before run.py imports it
-  monkeypatch.setattr(host_devices, '_jaxlib_version', lambda: '0.10.2')
+  monkeypatch.delitem(sys.modules, 'jax', raising=False)  # as before the entry point imports it
   monkeypatch.setenv('XLA_FLAGS', '--foo=1')
   assert host_devices.set_cpu_convs('auto', 'small_cnn') == 'ynnpack'
   assert os.environ['XLA_FLAGS'] == '--foo=1'
@@ -47,26 +70,73 @@ def test_cpu_convs_flag_by_model_and_only_when_it_can_act(monkeypatch):
   assert os.environ['XLA_FLAGS'] == '--foo=1 ' + ynn
   monkeypatch.setenv('XLA_FLAGS', '')
   assert host_devices.set_cpu_convs('xla', 'small_cnn') == 'xla'
+  for name in ('wrn34_10', 'resnet', 'resnet_bottleneck', 'preact_resnet', 'wide_resnet'):
+    monkeypatch.setenv('XLA_FLAGS', '')
+    assert host_devices.set_cpu_convs('auto', name) == 'xla', name
   monkeypatch.setenv('XLA_FLAGS', '')
-  monkeypatch.setattr(host_devices, '_jaxlib_version', lambda: '0.11.0')  # not measured
-  assert host_devices.set_cpu_convs('auto', 'wrn34_10') == 'ynnpack'
+  assert host_devices.configure(1, **dict(_CONFIGURE, model_name='wide_resnet')) == 1
+  assert os.environ['XLA_FLAGS'] == ynn
+  monkeypatch.setitem(sys.modules, 'jax', sys.modules.get('jax') or object())
+  monkeypatch.setenv('XLA_FLAGS', '')
+  assert host_devices.set_cpu_convs('xla', 'resnet18') == 'ynnpack'  # jax started: too late
   assert os.environ['XLA_FLAGS'] == ''
   with pytest.raises(ValueError, match='cpu_convs'):
     host_devices.set_cpu_convs('fast', 'resnet18')
 
 
+# Which ops of a conv + matmul program XLA:CPU hands to YNNPACK (a ``ynn_fusion``).
+YNN_PROBE = r'''
+import json
+import jax, jax.numpy as jnp
+from jax import lax
+f = jax.jit(lambda x, w, m: (
+    lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
+    x.reshape(-1, 16) @ m))
+hlo = f.lower(jnp.ones((8, 16, 16, 16)), jnp.ones((3, 3, 16, 32)),
+              jnp.ones((16, 64))).compile().as_text()
+ynn = [l for l in hlo.splitlines() if 'ynn_fusion' in l and ' fusion(' in l]
+print(json.dumps({op: sum(f'/{op}"' in l for l in ynn) for op in ('conv_general_dilated',
+                                                                   'dot_general')}))
+'''
+
+
+def _probe(xla_flags: str):
+  env = dict(os.environ, XLA_FLAGS=xla_flags)
+  return subprocess.run([sys.executable, '-c', YNN_PROBE], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+
+
+def test_pinned_jaxlib_accepts_the_ynnpack_flag_and_it_keeps_convs_with_xla():
+  """The flag is experimental: a jaxlib that renames or drops it aborts at start (an
+  unknown XLA flag is fatal), so an upgrade fails here rather than in a user's run."""
+  default = _probe('')
+  assert default.returncode == 0, default.stderr[-3000:]
+  # The premise: by default this jaxlib hands convolutions and matmuls to YNNPACK.
+  assert json.loads(default.stdout.splitlines()[-1]) == {'conv_general_dilated': 1,
+                                                         'dot_general': 1}
+  ours = _probe(f'{host_devices.YNN_FLAG}={host_devices.YNN_DOTS_ONLY}')
+  assert ours.returncode == 0, ours.stderr[-3000:]
+  # With the flag XLA runs the convolution itself; matmuls stay with YNNPACK.
+  assert json.loads(ours.stdout.splitlines()[-1]) == {'conv_general_dilated': 0,
+                                                      'dot_general': 1}
+  # The probe can fail: a misspelt flag aborts the process.
+  typo = _probe(f'{host_devices.YNN_FLAG}_typo={host_devices.YNN_DOTS_ONLY}')
+  assert typo.returncode != 0 and 'Unknown flag' in typo.stderr
+
+
 SHARDED_AA = r'''
 import json, sys
 import numpy as np
-from configs import mnist_sglr
-from sglr_jax import host_devices  # imports no jax: configure comes first
-c = mnist_sglr.get_config()
-c.train.batch_size = c.eval.batch_size = 32
-n = host_devices.configure(-1, c)
+from sglr_jax.platforms.xla_cpu import host_devices  # imports no jax: configure comes first
+n = host_devices.configure(-1, batch_sizes=(32, 32), model_name='small_cnn', cpu_convs='auto',
+                           distributed=False)
 import jax
-from sglr_jax import models, parallel
+from sglr_jax import mesh, models
 from sglr_jax.attacks import autoattack as aa
-model = models.create_model('small_cnn', 10, width=8)
+from sglr_jax.attacks.autoattack import programs, runner
+from sglr_jax.platforms.xla_cpu import parts
+model = models.create_model('small_cnn', 10, width=8, **parts.model_parts('small_cnn'))
+ops = parts.attack_ops()  # what a CPU run injects
 x = np.random.default_rng(0).uniform(size=(40, 28, 28, 1)).astype(np.float32)
 v = model.init(jax.random.key(0), x[:1], train=False)
 fn = lambda z: model.apply(v, z, train=False)
@@ -76,14 +146,15 @@ cfg = aa.AutoAttackConfig(apgd_n_iter=10, apgd_t_n_iter=5, apgd_t_n_target_class
                           square_queries_per_call=25)
 run = lambda sharding: aa.run_autoattack(fn, x, y, 2 / 255, key=jax.random.key(0),
                                          batch_size=32, config=cfg, progress=False,
-                                         sharding=sharding)
-sharding = parallel.batch_sharding(parallel.make_mesh(0))
+                                         sharding=sharding, ops=ops)
+sharding = mesh.batch_sharding(mesh.make_mesh(0))
 one, two = run(None), run(sharding)
-xs, ys, ms, ids = aa.placer(sharding)(x[:32], y[:32].astype(np.int32), np.ones(32, bool),
-                                      np.arange(32, dtype=np.int32))
-hlo = aa.run_batch.lower(aa._without_variables(fn),
-                         'fab-t', cfg, (), xs, ys, ms, ids, jax.random.key(0),
-                         np.float32(2 / 255), np.int32(0), sharding=sharding).compile().as_text()
+xs, ys, ms, ids = runner.placer(sharding)(x[:32], y[:32].astype(np.int32), np.ones(32, bool),
+                                          np.arange(32, dtype=np.int32))
+model_fn, variables = programs.as_model(fn, None)
+hlo = programs.run_batch.lower(model_fn, 'fab-t', cfg, variables, xs, ys, ms, ids,
+                               jax.random.key(0), np.float32(2 / 255), np.int32(0), ops=ops,
+                               sharding=sharding).compile().as_text()
 collectives = sum(hlo.count(op + '(') for op in ('all-reduce', 'all-gather', 'all-to-all',
                                                  'collective-permute'))
 print(json.dumps({'configured': n, 'devices': jax.device_count(), 'collectives': collectives,

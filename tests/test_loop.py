@@ -1,221 +1,152 @@
-"""attack_loop / canonicalize_convs: same numbers as the plain version, canonical convs."""
-from __future__ import annotations
+"""End to end: the command line in-process, resume equals an uninterrupted run, eval,
+checkpoints, hooks."""
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
-from sglr_jax.attacks import losses
-from sglr_jax.attacks.loop import (attack_loop, canonicalize_convs,
-                                   canonicalize_default, count_noncanonical_convs)
-from sglr_jax.models import create_model
+from conftest import tiny_config
+from sglr_jax import checkpoints, cli, errors, experiment, history
+from sglr_jax.evaluation import evaluate
+from sglr_jax.training import loop
 
-TOL = dict(rtol=2e-5, atol=2e-5)
-
-
-def _conv(x, k, dn=('NHWC', 'HWIO', 'NHWC'), **kw):
-  return lax.conv_general_dilated(x, k, kw.pop('strides', (1, 1)), kw.pop('padding', 'SAME'),
-                                  dimension_numbers=dn, **kw)
+TIME_KEYS = ('epoch_time_s', 'train_time_s')
 
 
-def _net(params, x):
-  k1, k2 = params
-  h = jax.nn.relu(_conv(x, k1))
-  h = _conv(h, k2, strides=(2, 2))
-  return jnp.mean(h, axis=(1, 2))  # [B, C]
+def _strip(history):
+  return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in history]
 
 
-# Data from numpy: eager jax.random ops would each compile a small program.
-def _rng(seed=0):
-  return np.random.default_rng(seed)
+def _run_py(args):
+  cli.run_argv(['run.py'] + args, progress=False)
 
 
-def _params(rng, c_in=3, c=8):
-  return (jnp.asarray(0.3 * rng.standard_normal((3, 3, c_in, c)), jnp.float32),
-          jnp.asarray(0.3 * rng.standard_normal((3, 3, c, c)), jnp.float32))
+TINY_FLAGS = ['--config.model.width=8', '--config.data.train_size=256',
+              '--config.data.test_size=100', '--config.train.batch_size=64',
+              '--config.train.epochs=3', '--config.schedule.decay_epochs=(2,)',
+              '--config.attack.steps=2', '--config.eval.steps=3', '--config.eval.batch_size=50',
+              '--config.sglr.start_epoch=1', '--config.eval.autoattack_budget=smoke']
 
 
-def _smooth_body(params, y, lr=0.05):
-  """A gradient-descent step (no sign, so results compare to float tolerance)."""
-  def loss(z):
-    return jnp.sum(losses.cross_entropy(_net(params, z), y))
-
-  def body(i, z):
-    return z + lr * (1.0 + 0.1 * i) * jax.grad(loss)(z)
-  return body
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('full'))
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={wd}'] + TINY_FLAGS)
+  return wd
 
 
-def _data(b=4, hw=8, c=3):
-  rng = _rng()
-  return (jnp.asarray(rng.uniform(size=(b, hw, hw, c)), jnp.float32),
-          jnp.asarray(rng.integers(0, 8, size=(b,)), jnp.int32), _params(rng, c))
+def test_run_py_writes_history_config_and_checkpoints(trained):
+  hist = history.read_history(trained)
+  assert [r['epoch'] for r in hist] == [1, 2, 3]
+  for r in hist:
+    for k in ('epoch', 'lr', 'train_loss', 'train_adv_acc', 'test_natural_acc', 'test_pgd20_acc'):
+      assert k in r
+    assert 0 <= r['test_pgd20_acc'] <= r['test_natural_acc'] + 0.05 <= 1.05
+  assert hist[0]['lr'] == pytest.approx(0.1) and hist[2]['lr'] == pytest.approx(0.01)
+  cfg = json.load(open(os.path.join(trained, 'config.json')))
+  assert cfg['model']['width'] == 8 and cfg['sglr']['enabled'] is True
+  assert checkpoints.available(trained, 'final') == [3]
+  best = max(hist, key=lambda r: r['test_pgd20_acc'])['epoch']
+  assert checkpoints.available(trained, 'best') == [best]
 
 
-def test_default_is_backend_switched():
-  assert canonicalize_default() == (jax.default_backend() == 'cpu')
-  f = lambda z: z
-  assert canonicalize_convs(f, enabled=False) is f
-  assert (canonicalize_convs(f) is f) == (jax.default_backend() != 'cpu')
+def test_eval_mode_writes_results(trained):
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={trained}', '--mode=eval'] + TINY_FLAGS)
+  res = json.load(open(os.path.join(trained, 'results.json')))
+  hist = {r['epoch']: r for r in history.read_history(trained)}
+  for kind in ('best', 'final'):
+    r = res[kind]
+    # the eval recomputes the same numbers the history logged for that epoch
+    assert r['natural_acc'] == pytest.approx(hist[r['epoch']]['test_natural_acc'])
+    assert r['pgd20_acc'] == pytest.approx(hist[r['epoch']]['test_pgd20_acc'])
+  assert res['diff']['pgd20_acc'] == pytest.approx(
+      res['best']['pgd20_acc'] - res['final']['pgd20_acc'])
+  for kind in ('best', 'final'):  # the main job's suite: AutoAttack (smoke budget here), ECE
+    r = res[kind]
+    after = list(r['autoattack_after'].values())
+    assert list(r['autoattack_after']) == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    assert r['autoattack_acc'] == after[-1] <= r['natural_acc']
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert 0 <= r['ece_clean'] <= 1 and 0 <= r['ece_adv'] <= 1
+  assert res['eval_config']['autoattack_budget'] == 'smoke'
+  md = open(os.path.join(trained, 'results.md')).read()
+  assert '| AutoAttack (smoke budget) |' in md and '| ECE clean |' in md
+  assert '| PGD-20 |' in md and f"{100 * res['final']['natural_acc']:.2f}" in md
 
 
-def test_input_gradient_conv_is_noncanonical_in_plain_jax():
-  # The premise of the fix: JAX's input-gradient conv swaps the kernel dims.
-  x, y, p = _data()
-  body = _smooth_body(p, y)
-  assert count_noncanonical_convs(jax.make_jaxpr(lambda z: body(0, z))(x)) == 2
-  fixed = canonicalize_convs(lambda z: body(0, z), enabled=True)
-  assert count_noncanonical_convs(jax.make_jaxpr(fixed)(x)) == 0
+def test_resume_gives_the_same_history(trained, tmp_path):
+  wd = str(tmp_path)
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={wd}', '--config.train.halt_after_epoch=1']
+          + TINY_FLAGS)
+  assert len(history.read_history(wd)) == 1
+  _run_py(['--config=configs/mnist_sglr.py', f'--workdir={wd}'] + TINY_FLAGS)
+  assert _strip(history.read_history(wd)) == _strip(history.read_history(trained))
 
 
-def test_attack_loop_matches_fori_loop():
-  x, y, p = _data()
-  body = _smooth_body(p, y)
-  ref = jax.jit(lambda z: lax.fori_loop(0, 4, body, z))(x)
-  assert float(jnp.max(jnp.abs(ref - x))) > 1e-3  # the loop really moves x
-  for hoist in (True, False):
-    got = jax.jit(lambda z: attack_loop(body, z, 4, canonicalize=True, hoist=hoist))(x)
-    np.testing.assert_allclose(got, ref, **TOL)
-  # canonicalize=False is exactly lax.fori_loop.
-  got = jax.jit(lambda z: attack_loop(body, z, 4, canonicalize=False))(x)
-  np.testing.assert_array_equal(got, ref)
+def test_checkpoint_round_trip_holds_all_state(tmp_path):
+  s = experiment.build(tiny_config())
+  st = experiment.initial_state(s)
+  st = st.replace(label_table=st.label_table * 0.5 + 0.25, rng=jax.random.PRNGKey(7),
+                  epoch=st.epoch + 2, best_metric=st.best_metric + 1.5)
+  checkpoints.save(str(tmp_path), 'latest', st, 2)
+  fresh = experiment.initial_state(s)
+  got, epoch = checkpoints.restore(str(tmp_path), 'latest', fresh)
+  assert epoch == 2
+  for a, b in zip(jax.tree.leaves(st), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_loop_body_has_only_canonical_convs_and_kernels_are_hoisted():
-  x, y, p = _data()
-  body = _smooth_body(p, y)
-  plain = jax.make_jaxpr(lambda z: lax.fori_loop(0, 3, body, z))(x)
-  fast = jax.make_jaxpr(lambda z: attack_loop(body, z, 3, canonicalize=True))(x)
-  assert count_noncanonical_convs(plain) == 2
-  assert count_noncanonical_convs(fast) == 0
-  # Kernel flips/transposes were computed once, outside the loop primitive.
-  top = [e.primitive.name for e in fast.jaxpr.eqns]
-  assert top.count('transpose') == 2 and top.count('rev') == 2, top
-  loops = [e for e in fast.jaxpr.eqns if e.primitive.name in ('scan', 'while')]
-  assert len(loops) == 1
+def test_damaged_latest_checkpoint_falls_back(tmp_path, caplog):
+  s = experiment.build(tiny_config())
+  st = experiment.initial_state(s)
+  checkpoints.save(str(tmp_path), 'latest', st.replace(epoch=st.epoch + 1), 1)
+  checkpoints.save(str(tmp_path), 'latest', st.replace(epoch=st.epoch + 2), 2)
+  # truncate every data file of the newest checkpoint
+  for root, _, files in os.walk(os.path.join(tmp_path, 'checkpoints', 'latest', '2')):
+    for f in files:
+      if 'METADATA' not in f and not f.endswith('.txt'):
+        open(os.path.join(root, f), 'w').close()
+  got, epoch = checkpoints.restore(str(tmp_path), 'latest', st)
+  assert epoch == 1 and int(got.epoch) == 1
+  assert 'unreadable' in caplog.text
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU-specific HLO')
-def test_compiled_cpu_loop_has_no_swapped_kernel_conv():
-  # The cause: XLA:CPU canonicalises convs only in the entry computation, so a
-  # `01oi` kernel conv survives (and runs as a naive loop nest) inside a while body.
-  x, y, p = _data()
-  body = _smooth_body(p, y)
-  plain = jax.jit(lambda z: lax.fori_loop(0, 3, body, z)).lower(x).compile().as_text()
-  fast = jax.jit(lambda z: attack_loop(body, z, 3)).lower(x).compile().as_text()
-  assert '01oi' in plain
-  assert '01oi' not in fast
+def test_eval_without_checkpoints_is_a_clear_error(tmp_path):
+  with pytest.raises(errors.NoCheckpointError, match='no .best. checkpoint'):
+    evaluate.evaluate(tiny_config(), str(tmp_path), progress=False)
 
 
-def test_disabled_leaves_convs_alone():
-  x, y, p = _data()
-  body = _smooth_body(p, y)
-  assert count_noncanonical_convs(
-      jax.make_jaxpr(lambda z: attack_loop(body, z, 2, canonicalize=False))(x)) == 2
+def test_a_tie_with_the_stored_best_is_not_an_improvement():
+  """The best metric is stored in float32; 0.923 (float64) > float32(0.923), so a plain
+  comparison took every later tie for a new best (a study's SGLR run moved its best
+  checkpoint from epoch 21 to the last tie, epoch 39)."""
+  stored = jnp.asarray(0.923, jnp.float32)
+  assert 0.923 > float(stored)  # the trap
+  assert not loop.improves(0.923, stored)
+  assert loop.improves(0.924, stored)
+  assert not loop.improves(0.922, stored)
+  assert loop.improves(0.0, jnp.asarray(-1.0, jnp.float32))  # the first evaluation
+  assert not loop.improves(None, jnp.asarray(-1.0, jnp.float32))  # an epoch without one
 
 
-@pytest.mark.parametrize('dn,kshape,kw', [
-    (('NCHW', 'OIHW', 'NCHW'), (6, 4, 3, 3), {}),
-    (('NHWC', 'HWOI', 'NHWC'), (3, 2, 6, 4), dict(strides=(2, 1), rhs_dilation=(1, 2))),
-    (('NHWC', 'OHWI', 'NCHW'), (6, 3, 3, 2), dict(feature_group_count=2, padding='VALID')),
-    (('NWC', 'WIO', 'NWC'), (3, 4, 6), dict(strides=(1,), padding='SAME')),
-])
-def test_canonicalize_convs_values_and_gradients(dn, kshape, kw):
-  n = len(kshape)
-  xshape = (2, 4, 9, 7) if dn[0] == 'NCHW' else ((2, 9, 7, 4) if n == 4 else (2, 9, 4))
-  rng = _rng(1)
-  x = jnp.asarray(rng.standard_normal(xshape), jnp.float32)
-  k = jnp.asarray(rng.standard_normal(kshape), jnp.float32)
-
-  def f(x, k):
-    return jnp.sum(jnp.tanh(_conv(x, k, dn, **dict(kw))) ** 2)
-
-  # Value, input gradient and kernel (weight) gradient, all rewritten.
-  g = jax.value_and_grad(f, argnums=(0, 1))
-  ref = jax.jit(g)(x, k)
-  got = jax.jit(canonicalize_convs(g, enabled=True))(x, k)
-  jaxpr = jax.make_jaxpr(canonicalize_convs(g, enabled=True))(x, k)
-  assert count_noncanonical_convs(jaxpr) == 0
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+def test_restore_without_a_checkpoint_is_a_clear_error(tmp_path):
+  s = experiment.build(tiny_config())
+  with pytest.raises(errors.NoCheckpointError, match="no 'final' checkpoint"):
+    experiment.restore(s, str(tmp_path), 'final')
+  with pytest.raises(errors.NoCheckpointError, match='no config.json'):
+    experiment.load_workdir_config(str(tmp_path))
 
 
-def test_nested_jit_cond_and_scan_are_rewritten():
-  x, y, p = _data()
-
-  @jax.jit
-  def inner_grad(z):
-    return jax.grad(lambda u: jnp.sum(losses.cross_entropy(_net(p, u), y)))(z)
-
-  def body(i, carry):
-    z, acc = carry
-    g = lax.cond(i % 2 == 0, inner_grad, lambda u: -inner_grad(u), z)
-    z2, _ = lax.scan(lambda c, _: (c + 0.01 * inner_grad(c), None), z, None, length=2)
-    return z2 + 0.05 * g, acc + jnp.sum(g)
-
-  init = (x, jnp.zeros(()))
-  ref = jax.jit(lambda c: lax.fori_loop(0, 3, body, c))(init)
-  fast_fn = lambda c: attack_loop(body, c, 3, canonicalize=True)
-  assert count_noncanonical_convs(jax.make_jaxpr(lax.fori_loop, static_argnums=(0, 1, 2))(
-      0, 3, body, init)) > 0
-  assert count_noncanonical_convs(jax.make_jaxpr(fast_fn)(init)) == 0
-  got = jax.jit(fast_fn)(init)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def _numpy_init(model, x, rng):
-  """He-normal kernels, identity BatchNorm, from numpy: ``model.init`` compiles
-  threefry for every parameter, which costs far more than this test itself."""
-  shapes = jax.eval_shape(lambda z: model.init(jax.random.PRNGKey(0), z, train=False), x)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if 'kernel' in name:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      v = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)
-    elif 'var' in name or 'scale' in name:
-      v = np.ones(leaf.shape)
-    else:
-      v = 0.1 * rng.standard_normal(leaf.shape)
-    return jnp.asarray(v, leaf.dtype)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def test_resnet_sign_pgd_matches_top_level_step():
-  """Tiny ResNet (strided 3x3 and 1x1 shortcut convs, BatchNorm): one sign-PGD step."""
-  model = create_model('resnet18', 10, width=4, depth=(1, 1, 1, 1))
-  rng = _rng(2)
-  x = jnp.asarray(rng.uniform(size=(2, 8, 8, 3)), jnp.float32)
-  y = jnp.asarray(rng.integers(0, 10, size=(2,)), jnp.int32)
-  variables = _numpy_init(model, x, rng)
-
-  def body(_, z):
-    g = jax.grad(lambda u: jnp.sum(losses.cross_entropy(
-        model.apply(variables, u, train=False), y)))(z)
-    return jnp.clip(z + 2 / 255 * jnp.sign(g), 0.0, 1.0)
-
-  # Reference: the step at top level, where XLA canonicalises the convs itself
-  # (a fori_loop reference runs the slow naive convs, which may round differently).
-  ref = jax.jit(lambda z: body(0, z))(x)
-  fast = lambda z: attack_loop(body, z, 1, canonicalize=True)
-  assert count_noncanonical_convs(jax.make_jaxpr(fast)(x)) == 0
-  got = jax.jit(fast)(x)
-  assert float(jnp.mean(jnp.abs(ref - x) > 1e-6)) > 0.5  # the step moved most pixels
-  # Identical except where |grad| is at float-noise level (sign may flip there).
-  assert float(jnp.mean(jnp.abs(got - ref) > 1e-6)) < 1e-2
-
-
-def test_gradient_through_the_loop_matches():
-  """Differentiating the loop's result w.r.t. the parameters (e.g. for a meta-loss)."""
-  x, y, p = _data()
-
-  def outer(params, loop):
-    return jnp.sum(loop(_smooth_body(params, y), x) ** 2)
-
-  g_ref = jax.jit(jax.grad(lambda q: outer(q, lambda b, z: lax.fori_loop(0, 2, b, z))))(p)
-  g_got = jax.jit(jax.grad(lambda q: outer(
-      q, lambda b, z: attack_loop(b, z, 2, canonicalize=True))))(p)
-  for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+def test_hooks_see_every_step_and_halt_after_epoch_stops(tmp_path):
+  """Hooks run after every train step with the global step count; a halted run (after
+  epoch 1 of 3: 4 steps of 64) stops there with its history and a resumable checkpoint."""
+  seen = []
+  hist = loop.train_and_evaluate(tiny_config(**{'train.halt_after_epoch': 1}), str(tmp_path),
+                                 progress=False, hooks=[seen.append])
+  assert seen == [1, 2, 3, 4]
+  assert [r['epoch'] for r in hist] == [1]
+  assert checkpoints.available(str(tmp_path), 'latest') == [4]
+  assert experiment.load_workdir_config(str(tmp_path)).train.halt_after_epoch == 1

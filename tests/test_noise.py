@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sglr_jax import noise
+from sglr_jax.data import noise
 
 N = 200_000  # binomial std of a rate estimate ~0.1%: a 1% tolerance is > 5 sigma
 
@@ -99,3 +99,22 @@ def test_asymmetric_custom_mapping_and_errors():
     noise.symmetric_noise(y, 3, 0.1, seed=0)  # labels up to 4 with K = 3
   with pytest.raises(ValueError, match='1-D integer'):
     noise.symmetric_noise(y.astype(np.float32), 5, 0.1, seed=0)
+
+
+def test_apply_noise_dispatches_by_kind():
+  y = _labels(10, n=5000)
+  for kind, rate in (('none', 0.5), ('symmetric', 0.0), ('asymmetric', 0.0)):
+    out = noise.apply_noise(y, 10, kind, rate, seed=1)
+    np.testing.assert_array_equal(out, y)
+    assert not np.shares_memory(out, y)  # a copy even when nothing flips
+  np.testing.assert_array_equal(noise.apply_noise(y, 10, 'symmetric', 0.3, 2),
+                                noise.symmetric_noise(y, 10, 0.3, 2))
+  np.testing.assert_array_equal(noise.apply_noise(y, 10, 'asymmetric', 0.3, 2),
+                                noise.asymmetric_noise(y, 0.3, 2, pairs='cifar10'))
+  y100 = _labels(100, n=5000)
+  np.testing.assert_array_equal(noise.apply_noise(y100, 100, 'asymmetric', 0.3, 2),
+                                noise.asymmetric_noise(y100, 0.3, 2, pairs='cyclic',
+                                                       num_classes=100))
+  assert noise.NOISE_KINDS == ('none', 'symmetric', 'asymmetric')
+  with pytest.raises(ValueError, match='pairflip'):
+    noise.apply_noise(y, 10, 'pairflip', 0.3, 2)

@@ -5,7 +5,9 @@ import numpy as np
 import optax
 import pytest
 
+from attack_support import OPS
 from sglr_jax.attacks import losses, pgd
+from sglr_jax.attacks.common import DEFAULT_OPS
 
 
 def _linear_model(key, d=12, k=3):
@@ -65,10 +67,12 @@ def test_pgd_raises_loss_of_trained_model():
   assert float(jnp.mean(adv)) > float(jnp.mean(clean)) + 0.1
 
 
-def test_pgd_runs_in_fori_loop_compile_size_independent_of_steps():
+@pytest.mark.parametrize('ops', [DEFAULT_OPS, OPS], ids=['default', 'backend'])
+def test_pgd_runs_in_fori_loop_compile_size_independent_of_steps(ops):
   """The step count is a loop bound, not unrolled code: same HLO size for 10 and 40."""
   f = _linear_model(jax.random.PRNGKey(0))
   x, y = _data(jax.random.PRNGKey(1))
   size = lambda s: len(jax.jit(lambda x, y: pgd.pgd_attack(
-      f, x, y, eps=0.1, step_size=0.02, steps=s, key=jax.random.PRNGKey(0))).lower(x, y).as_text())
+      f, x, y, eps=0.1, step_size=0.02, steps=s, key=jax.random.PRNGKey(0),
+      ops=ops)).lower(x, y).as_text())
   assert abs(size(10) - size(40)) < 50

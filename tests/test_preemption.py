@@ -3,21 +3,20 @@ save) loses nothing but the unfinished work; a partial newest checkpoint is set
 aside with a warning. Every resumed run must log exactly the history of an
 uninterrupted one (times aside).
 
-The run is ``tiny_config()`` (the config of test_train.py, so the two files share
+The run is ``tiny_config()`` (the config of test_loop.py, so the two files share
 compiled programs): 256 examples, 4 steps of 64 per epoch, 3 epochs, SGLR from
 epoch 2; ``latest`` checkpoints are keyed by the optimizer step.
 """
 import os
 import shutil
 import signal
-import time
 
 import pytest
 
 import _mp_worker as w
 from conftest import tiny_config
-from sglr_jax import checkpoints, metrics, train
-from sglr_jax import steps as steps_lib
+from sglr_jax import checkpoints, history as history_lib
+from sglr_jax.training import loop
 
 TIME_KEYS = ('epoch_time_s', 'train_time_s')
 SIGTERM_AFTER = 6  # global step: the 2nd of 4 in epoch 2
@@ -30,35 +29,25 @@ def _strip(history):
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('uninterrupted'))
-  return _strip(train.train_and_evaluate(tiny_config(), wd, progress=False))
+  return _strip(loop.train_and_evaluate(tiny_config(), wd, progress=False))
 
 
 @pytest.fixture(scope='module')
 def preempted(tmp_path_factory):
-  """A run that receives SIGTERM while step SIGTERM_AFTER runs, and what it returned."""
+  """A run that receives SIGTERM after step SIGTERM_AFTER (sent by a hook of the run
+  itself), and what it returned."""
   wd = str(tmp_path_factory.mktemp('preempted'))
-  real = steps_lib.make_train_step
   calls = []
 
-  def make_train_step(*args, **kwargs):
-    step = real(*args, **kwargs)
-
-    def signalling_step(st, batch):
-      out = step(st, batch)
-      calls.append(1)
-      if len(calls) == SIGTERM_AFTER:
-        os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop's handler
-      return out
-    return signalling_step
+  def sigterm_after(step):
+    calls.append(step)
+    if step == SIGTERM_AFTER:
+      os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop's handler
 
   before = signal.getsignal(signal.SIGTERM)
-  mp = pytest.MonkeyPatch()
-  mp.setattr(steps_lib, 'make_train_step', make_train_step)
-  try:
-    history = train.train_and_evaluate(tiny_config(), wd, progress=False)
-  finally:
-    mp.undo()
+  history = loop.train_and_evaluate(tiny_config(), wd, progress=False, hooks=[sigterm_after])
   assert signal.getsignal(signal.SIGTERM) is before  # the loop's handler is removed
+  assert calls == list(range(1, SIGTERM_AFTER + 1))  # a hook call after every step
   return wd, history, len(calls)
 
 
@@ -75,7 +64,7 @@ def test_sigterm_saves_mid_epoch_and_stops(preempted):
 def test_resume_after_sigterm_matches_an_uninterrupted_run(preempted, reference, tmp_path):
   wd = str(tmp_path / 'wd')
   shutil.copytree(preempted[0], wd)
-  history = train.train_and_evaluate(tiny_config(), wd, progress=False)
+  history = loop.train_and_evaluate(tiny_config(), wd, progress=False)
   assert _strip(history) == reference
   assert checkpoints.available(wd, 'latest') == [8, 12]
 
@@ -91,7 +80,7 @@ def test_partial_newest_checkpoint_is_set_aside_with_a_warning(preempted, refere
   latest = os.path.join(wd, 'checkpoints', 'latest')
   os.remove(os.path.join(latest, '6', checkpoints.COMMIT_FILE))
   os.makedirs(os.path.join(latest, '7.orbax-checkpoint-tmp-1234', 'state'))
-  history = train.train_and_evaluate(tiny_config(), wd, progress=False)
+  history = loop.train_and_evaluate(tiny_config(), wd, progress=False)
   assert 'checkpoint latest/6 is unreadable' in caplog.text
   assert 'resuming from checkpoint latest/4' in caplog.text
   assert _strip(history) == reference
@@ -101,35 +90,25 @@ def test_partial_newest_checkpoint_is_set_aside_with_a_warning(preempted, refere
 
 
 def test_sigkill_during_a_save_then_resume_matches(reference, tmp_path):
-  """A child trains saving ``latest`` after every step; once epoch 1 is logged, it is
-  killed with SIGKILL as soon as a save is seen in progress. The resume starts from
-  the last complete checkpoint (mid-epoch) and logs the uninterrupted history."""
+  """A child trains saving ``latest`` after every step and is killed with SIGKILL by
+  itself inside the save of latest/6 (mid-epoch 2, epoch 1 logged): its files are in
+  Orbax's temporary directory, not yet committed. The resume removes that directory,
+  starts from the last complete checkpoint (latest/5) and logs the uninterrupted
+  history."""
   wd = str(tmp_path / 'wd')
   spec = {'job': 'train', 'base': 'tiny', 'overrides': {'train.checkpoint_every_steps': 1},
-          'workdir': wd}
+          'workdir': wd, 'sigkill_in_save': 'latest/6'}
   proc, log = w.start_job(spec, devices=1, tmp=str(tmp_path))
-  latest = os.path.join(wd, 'checkpoints', 'latest')
-  history = os.path.join(wd, 'history.jsonl')
-  in_save = False
   try:
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-      if os.path.exists(history) and os.path.getsize(history) and os.path.isdir(latest):
-        names = os.listdir(latest)
-        if any('.orbax-checkpoint-tmp' in n for n in names) and any(n.isdigit() for n in names):
-          proc.send_signal(signal.SIGKILL)
-          in_save = True
-          break
-      time.sleep(0.002)
-    proc.wait(timeout=30)
+    rc = w.wait_all([proc], timeout=w.WAIT_S)[0]
   finally:
     w.stop([proc])
-  assert in_save and proc.returncode == -signal.SIGKILL, w.tail(log)
-  # Usually a partial save is left; the kill can also land just after its rename.
+  assert rc == -signal.SIGKILL, w.tail(log)
+  latest = os.path.join(wd, 'checkpoints', 'latest')
   left = sorted(os.listdir(latest))
-  print('left by the kill:', left)
-  assert any(n.isdigit() for n in left) and len(metrics.read_history(wd)) >= 1
-  resumed = train.train_and_evaluate(tiny_config(), wd, progress=False)
+  assert [n for n in left if n.isdigit()] == ['4', '5'], left
+  assert [n.split('.')[0] for n in left if '.orbax-checkpoint-tmp' in n] == ['6'], left
+  assert len(history_lib.read_history(wd)) == 1
+  resumed = loop.train_and_evaluate(tiny_config(), wd, progress=False)
   assert _strip(resumed) == reference, left
   assert not any('.orbax-checkpoint-tmp' in n for n in os.listdir(latest))
-

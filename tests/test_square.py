@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attack_support import check_linf_attack, small_cnn
 from bench.attacks import numpy_init
-from conftest import O2, check_linf_attack
-from sglr_jax import models
+from conftest import O2
 from sglr_jax.attacks import square
 
 
@@ -39,7 +39,7 @@ def test_square_sizes_hand_computed():
 
 @pytest.fixture(scope='module')
 def setup():
-  model = models.create_model('small_cnn', 10, width=8)
+  model = small_cnn(width=8)
   variables = numpy_init(model, (1, 28, 28, 1), seed=2)
   logits_fn = lambda z: model.apply(variables, z, train=False)
   x = jnp.asarray(np.random.default_rng(2).uniform(size=(32, 28, 28, 1)), jnp.float32)

@@ -1,5 +1,7 @@
-"""Each study script runs end to end in its miniature setting, so none can rot."""
+"""Each study script runs end to end in its miniature setting, so none can rot; the
+results page is assembled from the studies' outputs by the one results table."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +18,42 @@ def test_there_are_four_studies():
   assert len(SCRIPTS) == 4
 
 
+def test_studies_use_the_installed_package():
+  for p in glob.glob(os.path.join(ROOT, 'studies', '*.py')):
+    with open(p) as f:
+      assert 'sys.path' not in f.read(), p
+
+
+def _write_results(studies_out, docs):
+  p = subprocess.run([sys.executable, os.path.join('studies', 'write_results.py'),
+                      f'--studies_out={studies_out}', f'--docs={docs}'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return (docs / 'RESULTS.md').read_text()
+
+
+def test_results_page_from_hand_written_outputs(tmp_path):
+  study = tmp_path / 'studies_out' / 'trades'
+  wd = study / 'runs' / 'TRADES'
+  wd.mkdir(parents=True)
+  (study / 'summary.json').write_text(json.dumps(
+      {'title': 'TRADES', 'command': 'studies/trades.py', 'machine': 'm', 'wall_s': 90.0,
+       'runs': {'TRADES': {'seed': 3}}}))
+  (wd / 'results.json').write_text(json.dumps(
+      {'best': {'epoch': 7, 'natural_acc': 0.9875, 'pgd20_acc': 0.925},
+       'final': {'epoch': 20, 'natural_acc': 0.99, 'pgd20_acc': 0.9125}}))
+  (wd / 'history.jsonl').write_text(''.join(
+      json.dumps({'epoch': e, 'epoch_time_s': 1.25, 'train_noisy_fit': 0.5}) + '\n'
+      for e in (1, 2)))
+  text = _write_results(tmp_path / 'studies_out', tmp_path / 'docs')
+  # percent, one decimal: natural 98.75 -> 98.8, 99.0, diff -0.2499... -> -0.2; PGD-20 92.5,
+  # 91.25 -> 91.2, diff 1.2500...1 -> 1.3; best epoch 7, seed 3, fit 50.0, wall 2 x 1.25 s
+  row = [l for l in text.splitlines() if l.startswith('| TRADES |')]
+  assert row == ['| TRADES | 98.8 | 99.0 | -0.2 | 92.5 | 91.2 | 1.3 | 7 | 3 | 50.0 | 2.5 |']
+  assert '1.5 min for 1 runs' in text
+  assert '`studies/robust_overfitting.py`' in text  # the studies not run yet are named
+
+
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_study_runs_in_miniature(script, tmp_path):
   out = tmp_path / 'studies_out' / script[:-3]
@@ -28,12 +66,7 @@ def test_study_runs_in_miniature(script, tmp_path):
   assert pngs and mds
   assert all(os.path.getsize(p) > 5000 for p in pngs)
   # docs/RESULTS.md is assembled from these outputs by a script, not typed
-  p = subprocess.run([sys.executable, os.path.join('studies', 'write_results.py'),
-                      f'--studies_out={tmp_path / "studies_out"}', f'--docs={tmp_path / "docs"}'],
-                     cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert p.returncode == 0, p.stderr[-3000:]
-  text = (tmp_path / 'docs' / 'RESULTS.md').read_text()
-  import json  # pylint: disable=g-import-not-at-top
+  text = _write_results(tmp_path / 'studies_out', tmp_path / 'docs')
   for name in json.loads((out / 'summary.json').read_text())['runs']:
     assert f'| {name} |' in text
   assert '](figures/' in text

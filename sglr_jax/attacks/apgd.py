@@ -6,76 +6,28 @@ iterations, halving on oscillation (``rho = 0.75``) or on a stalled best loss, r
 from the best point, and the last misclassified point as the adversarial example.
 
 Every function is pure and jittable with ``logits_fn`` static; loops are ``lax`` loops
-so the attack compiles once per batch shape. Randomness is drawn per example from
-``fold_in(key, example_id)``, so a point's attack does not depend on which other points
-share its batch (the reference draws one stream per batch; the per-point distribution
-is the same).
+so the attack compiles once per batch shape. ``ops.grad_transform`` wraps the function
+that differentiates the model (``common.AttackOps``; on CPU the experiment passes one
+that keeps its convolutions on XLA:CPU's fast path inside the loop). Randomness is
+drawn per example from ``fold_in(key, example_id)``, so a point's attack does not
+depend on which other points share its batch (the reference draws one stream per
+batch; the per-point distribution is the same).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sglr_jax.attacks import losses
-
-LogitsFn = Callable[[jax.Array], jax.Array]
+from sglr_jax.attacks.common import (DEFAULT_OPS, AttackOps, LogitsFn, check_targets,
+                                     initial, normalize, per_example, project,
+                                     random_start, run_keys, run_until_fooled,
+                                     target_labels)
 
 NORMS = ('Linf', 'L2')
-
-
-# ----------------------------------------------------------------------------- helpers
-# (shared with fab.py, square.py)
-
-def example_keys(key, batch_size: int, example_ids=None):
-  """One PRNG key per example: ``fold_in(key, id)``; ids default to ``arange(B)``."""
-  if example_ids is None:
-    example_ids = jnp.arange(batch_size, dtype=jnp.int32)
-  return jax.vmap(jax.random.fold_in, (None, 0))(key, example_ids)  # [B, ...key]
-
-
-def fold_keys(keys, data):
-  """``fold_in`` every per-example key with the same (possibly traced) integer."""
-  return jax.vmap(jax.random.fold_in, (0, None))(keys, data)
-
-
-def per_example(v, x):
-  """Reshapes ``v [B]`` to broadcast against ``x [B, ...]``."""
-  return v.reshape(v.shape + (1,) * (x.ndim - 1))
-
-
-def linf_norm(v):
-  return jnp.max(jnp.abs(v.reshape(v.shape[0], -1)), axis=-1)  # [B]
-
-
-def l2_norm(v):
-  return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=-1))  # [B]
-
-
-def normalize(v, norm: str):
-  """``v / (||v|| + 1e-12)`` per example, as the reference does."""
-  n = linf_norm(v) if norm == 'Linf' else l2_norm(v)
-  return v / per_example(n + 1e-12, v)
-
-
-def predict(logits_fn: LogitsFn, x):
-  return jnp.argmax(logits_fn(x), axis=-1)  # [B]
-
-
-def fast_convs(fn):
-  """``fn`` (a function that differentiates the model) with XLA:CPU-friendly convolutions.
-
-  Inside a loop XLA:CPU runs the input-gradient convolutions (transposed kernels) as
-  slow naive loops; ``sglr_jax.attacks.loop.canonicalize_convs`` rewrites them (same
-  arithmetic, 1.5-1.7x faster APGD here). No-op off CPU or without that module.
-  """
-  try:
-    from sglr_jax.attacks.loop import canonicalize_convs  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return fn
-  return canonicalize_convs(fn)
 
 
 # ------------------------------------------------------------------ step-size schedule
@@ -189,25 +141,6 @@ def step_size_trace(loss0, loss_trace, eps: float = 1.0, rho: float = 0.75):
 
 # ------------------------------------------------------------------------ attack parts
 
-def project(x_adv, x, eps, norm: str):
-  """Onto the eps-ball around ``x`` (Linf: clip; L2: rescale) and then into [0, 1]."""
-  if norm == 'Linf':
-    return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
-  d = x_adv - x
-  scale = jnp.minimum(eps, l2_norm(d))
-  return jnp.clip(x + normalize(d, 'L2') * per_example(scale, x), 0.0, 1.0)
-
-
-def random_start(keys, x, eps, norm: str):
-  """The reference's start: Linf ``eps * u / max|u|`` (u uniform), L2 ``eps * g / ||g||``."""
-  shape = x.shape[1:]
-  if norm == 'Linf':
-    t = jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0))(keys)
-  else:
-    t = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
-  return jnp.clip(x + eps * normalize(t, norm), 0.0, 1.0)
-
-
 def apgd_step(x_adv, x_adv_old, grad, x, step_size, eps, momentum, norm: str):
   """Gradient step, projection, then momentum ``x + a (z - x) + (1 - a)(x - x_old)``."""
   step = per_example(step_size, x)
@@ -219,8 +152,8 @@ def apgd_step(x_adv, x_adv_old, grad, x, step_size, eps, momentum, norm: str):
   return project(z, x, eps, norm)
 
 
-def _loss_grad_fn(logits_fn: LogitsFn, loss_fn):
-  """``x -> (loss [B], logits [B, K], d sum(loss) / dx)``."""
+def loss_grad_fn(logits_fn: LogitsFn, loss_fn, ops: AttackOps = DEFAULT_OPS):
+  """``x -> (loss [B], logits [B, K], d sum(loss) / dx)``, through ``ops.grad_transform``."""
   def total(x_):
     logits = logits_fn(x_)
     loss = loss_fn(logits)
@@ -229,12 +162,12 @@ def _loss_grad_fn(logits_fn: LogitsFn, loss_fn):
   def fn(x_):
     (_, (loss, logits)), g = jax.value_and_grad(total, has_aux=True)(x_)
     return loss, logits, g
-  return fast_convs(fn)
+  return ops.grad_transform(fn)
 
 
 def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: int,
                     norm: str = 'Linf', rho: float = 0.75, active=None,
-                    early_stop: bool = False):
+                    early_stop: bool = False, ops: AttackOps = DEFAULT_OPS):
   """One APGD run from a random start.
 
   ``loss_fn(logits) -> [B]`` is maximised. Returns ``(x_best, robust, loss_best,
@@ -243,8 +176,8 @@ def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: in
   none was). ``early_stop`` (not in the reference) ends the run once no point of
   ``active`` is robust: the same verdicts, but earlier misclassified iterates.
   """
-  loss_grad = _loss_grad_fn(logits_fn, loss_fn)
-  x_adv = random_start(keys, x, eps, norm)
+  loss_grad = loss_grad_fn(logits_fn, loss_fn, ops)
+  x_adv = random_start(keys, x, eps, norm, on_sphere=True)
   loss, logits, grad = loss_grad(x_adv)
   robust = jnp.argmax(logits, -1) == y
   ctrl = init_step_control(loss, eps, n_iter)
@@ -277,49 +210,13 @@ def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: in
   return x_best, robust, ctrl.loss_best, x_last_adv
 
 
-def _run_until_fooled(x, robust0, n_runs: int, run):
-  """Calls ``run(r, robust) -> (x_candidate, robust)`` for ``r < n_runs`` while a point is robust.
-
-  A point fooled by run ``r`` keeps run ``r``'s candidate (later runs never touch it);
-  robust points keep ``x``. Returns ``(x_adv, robust)``.
-  """
-  def cond(s):
-    r, _, robust = s
-    return (r < n_runs) & jnp.any(robust)
-
-  def body(s):
-    r, x_adv, robust = s
-    cand, robust_r = run(r, robust)
-    fooled = robust & ~robust_r
-    x_adv = jnp.where(per_example(fooled, x), cand, x_adv)
-    return r + 1, x_adv, robust & ~fooled
-
-  _, x_adv, robust = jax.lax.while_loop(cond, body, (jnp.int32(0), x, robust0))
-  return x_adv, robust
-
-
-def _initial(logits_fn, x, y, mask):
-  logits = logits_fn(x)
-  robust = jnp.argmax(logits, -1) == y
-  if mask is not None:
-    robust = robust & mask
-  return logits, robust
-
-
-def target_labels(clean_logits, rank):
-  """The class ranked ``rank`` (2 = runner-up) by the clean logits: ``argsort[:, -rank]``."""
-  k = clean_logits.shape[-1]
-  order = jnp.argsort(clean_logits, axis=-1)  # ascending
-  idx = jnp.broadcast_to(jnp.asarray(k - rank, jnp.int32), (clean_logits.shape[0], 1))
-  return jnp.take_along_axis(order, idx, axis=-1)[:, 0]
-
-
 LOSSES = ('ce', 'dlr', 'dlr-targeted')
 
 
 def apgd_run(logits_fn: LogitsFn, x, y, run, *, eps, key, loss: str = 'ce',
              norm: str = 'Linf', n_iter: int = 100, n_restarts: int = 1, rho: float = 0.75,
-             active=None, example_ids=None, early_stop: bool = False, clean_logits=None):
+             active=None, example_ids=None, early_stop: bool = False, clean_logits=None,
+             ops: AttackOps = DEFAULT_OPS):
   """Run number ``run`` (may be traced) of an APGD attack: ``(x_candidate, robust)``.
 
   Runs are numbered restart-fastest: for 'dlr-targeted' run ``r`` targets the class
@@ -341,16 +238,17 @@ def apgd_run(logits_fn: LogitsFn, x, y, run, *, eps, key, loss: str = 'ce',
     loss_fn = lambda logits: losses.targeted_dlr(logits, y, target)
   else:
     raise ValueError(f'loss={loss!r}; allowed: {LOSSES}')
-  keys = fold_keys(example_keys(key, x.shape[0], example_ids), run)
+  keys = run_keys(key, x.shape[0], example_ids, run)
   _, robust, _, x_last_adv = apgd_single_run(
       logits_fn, loss_fn, x, y, keys, eps=eps, n_iter=n_iter, norm=norm, rho=rho,
-      active=active, early_stop=early_stop)
+      active=active, early_stop=early_stop, ops=ops)
   return x_last_adv, robust
 
 
 def apgd_attack(logits_fn: LogitsFn, x, y, *, eps, key, norm: str = 'Linf',
                 loss: str = 'ce', n_iter: int = 100, n_restarts: int = 1,
-                rho: float = 0.75, mask=None, example_ids=None, early_stop: bool = False):
+                rho: float = 0.75, mask=None, example_ids=None, early_stop: bool = False,
+                ops: AttackOps = DEFAULT_OPS):
   """Untargeted APGD (``loss`` 'ce' or 'dlr'): the reference's ``APGDAttack.perturb``.
 
   Attacks the points classified correctly (and in ``mask`` when given); each restart
@@ -360,41 +258,35 @@ def apgd_attack(logits_fn: LogitsFn, x, y, *, eps, key, norm: str = 'Linf',
   """
   if loss not in ('ce', 'dlr'):
     raise ValueError(f'loss={loss!r}; allowed: ce, dlr (apgd_targeted_attack: targeted)')
-  _, robust0 = _initial(logits_fn, x, y, mask)
+  _, robust0 = initial(logits_fn, x, y, mask)
 
   def run(r, active):
     return apgd_run(logits_fn, x, y, r, eps=eps, key=key, loss=loss, norm=norm,
                     n_iter=n_iter, n_restarts=n_restarts, rho=rho, active=active,
-                    example_ids=example_ids, early_stop=early_stop)
+                    example_ids=example_ids, early_stop=early_stop, ops=ops)
 
-  x_adv, _ = _run_until_fooled(x, robust0, n_restarts, run)
+  x_adv, _ = run_until_fooled(x, robust0, n_restarts, run)
   return x_adv
 
 
 def apgd_targeted_attack(logits_fn: LogitsFn, x, y, *, eps, key, norm: str = 'Linf',
                          n_iter: int = 100, n_restarts: int = 1,
                          n_target_classes: int = 9, rho: float = 0.75, mask=None,
-                         example_ids=None, early_stop: bool = False):
+                         example_ids=None, early_stop: bool = False,
+                         ops: AttackOps = DEFAULT_OPS):
   """APGD-T: APGD on the targeted DLR loss, targets ranked 2..n_target_classes+1.
 
   The reference's ``APGDAttack_targeted.perturb``: for each target rank, each restart
   attacks the points still robust. Returns ``x_adv`` like ``apgd_attack``.
   """
-  clean_logits, robust0 = _initial(logits_fn, x, y, mask)
+  clean_logits, robust0 = initial(logits_fn, x, y, mask)
   check_targets(clean_logits.shape[-1], n_target_classes, dlr=True)
 
   def run(r, active):
     return apgd_run(logits_fn, x, y, r, eps=eps, key=key, loss='dlr-targeted', norm=norm,
                     n_iter=n_iter, n_restarts=n_restarts, rho=rho, active=active,
                     example_ids=example_ids, early_stop=early_stop,
-                    clean_logits=clean_logits)
+                    clean_logits=clean_logits, ops=ops)
 
-  x_adv, _ = _run_until_fooled(x, robust0, n_target_classes * n_restarts, run)
+  x_adv, _ = run_until_fooled(x, robust0, n_target_classes * n_restarts, run)
   return x_adv
-
-
-def check_targets(num_classes: int, n_target_classes: int, dlr: bool = False):
-  """Targets ranked 2..n+1 need n + 1 classes; the targeted DLR loss needs 4."""
-  if n_target_classes > num_classes - 1 or (dlr and num_classes < 4):
-    raise ValueError(f'n_target_classes={n_target_classes} with {num_classes} classes: '
-                     f'at most {num_classes - 1}' + (' (and >= 4 classes)' if dlr else ''))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sglr_jax.attacks.apgd import (LogitsFn, _initial, _run_until_fooled, check_targets,
-                                   example_keys, fast_convs, fold_keys, linf_norm,
-                                   per_example, target_labels)
+from sglr_jax.attacks.common import (DEFAULT_OPS, AttackOps, LogitsFn, check_targets,
+                                     direction_noise, initial, linf_norm, per_example,
+                                     predict, run_keys, run_until_fooled, target_labels)
 
 
 def projection_linf(t, w, b, max_steps: int = 64):
@@ -68,20 +68,21 @@ def projection_linf(t, w, b, max_steps: int = 64):
 def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
                             n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05,
                             beta: float = 0.9, rand_start=False, active=None,
-                            early_stop: bool = False):
+                            early_stop: bool = False, ops: AttackOps = DEFAULT_OPS):
   """One targeted FAB run. Returns ``(x_adv, found)``: the smallest-Linf misclassified
   iterate found (``x`` where none was) and whether one was found.
 
   ``rand_start`` (may be traced) starts from a random point at Linf distance ``eps / 2``,
   as the reference does on restarts after the first. ``early_stop`` (not in the
   reference) ends the run once every point of ``active`` has one within ``eps``: the
-  same verdicts, but not the smallest perturbations.
+  same verdicts, but not the smallest perturbations. ``ops.grad_transform`` wraps the
+  function that differentiates the model.
   """
   b = x.shape[0]
   flat = lambda v: v.reshape(b, -1)
   rows = jnp.arange(b)
 
-  @fast_convs
+  @ops.grad_transform
   def diff_and_grad(x1):
     def f(z):
       logits = logits_fn(z)
@@ -93,7 +94,7 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
   if rand_start is False:
     x1 = x
   else:
-    u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], jnp.float32, -1.0, 1.0))(keys)
+    u = direction_noise(keys, x, 'Linf')
     x_rand = jnp.clip(x + eps * u / per_example(linf_norm(u), x) * 0.5, 0.0, 1.0)
     x1 = jnp.where(rand_start, x_rand, x)
   x0 = flat(x)
@@ -110,7 +111,7 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
     a1, a2 = a0[:b], a0[b:]
     alpha = per_example(jnp.clip(a1 / (a1 + a2), 0.0, alpha_max), x)
     x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x + d2 * eta) * alpha, 0.0, 1.0)
-    is_adv = jnp.argmax(logits_fn(x1), -1) != y
+    is_adv = predict(logits_fn, x1) != y
     dist = linf_norm(x1 - x)
     better = is_adv & (dist < best)
     adv = jnp.where(per_example(better, x), x1, adv)
@@ -133,7 +134,8 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
 def fab_targeted_run(logits_fn: LogitsFn, x, y, run, *, eps, key, n_iter: int = 100,
                      n_restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
                      beta: float = 0.9, active=None, example_ids=None,
-                     early_stop: bool = False, clean_logits=None):
+                     early_stop: bool = False, clean_logits=None,
+                     ops: AttackOps = DEFAULT_OPS):
   """Run number ``run`` (may be traced) of FAB-T: ``(x_candidate, robust)``.
 
   Runs are numbered restart-fastest: run ``r`` targets the class ranked
@@ -144,34 +146,35 @@ def fab_targeted_run(logits_fn: LogitsFn, x, y, run, *, eps, key, n_iter: int = 
   if clean_logits is None:
     clean_logits = logits_fn(x)
   target = target_labels(clean_logits, 2 + run // n_restarts)
-  keys = fold_keys(example_keys(key, x.shape[0], example_ids), run)
+  keys = run_keys(key, x.shape[0], example_ids, run)
   adv, found = fab_targeted_single_run(
       logits_fn, x, y, target, keys, eps=eps, n_iter=n_iter, alpha_max=alpha_max,
-      eta=eta, beta=beta, active=active, early_stop=early_stop,
+      eta=eta, beta=beta, active=active, early_stop=early_stop, ops=ops,
       rand_start=(run % n_restarts) > 0 if n_restarts > 1 else False)
   adv = jnp.where(per_example(found, x), adv, x)
-  robust = (jnp.argmax(logits_fn(adv), -1) == y) | (linf_norm(x - adv) > eps)
+  robust = (predict(logits_fn, adv) == y) | (linf_norm(x - adv) > eps)
   return adv, robust
 
 
 def fab_targeted_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_iter: int = 100,
                         n_restarts: int = 1, n_target_classes: int = 9,
                         alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-                        mask=None, example_ids=None, early_stop: bool = False):
+                        mask=None, example_ids=None, early_stop: bool = False,
+                        ops: AttackOps = DEFAULT_OPS):
   """FAB-T, Linf: the reference's ``FABAttack.perturb`` with ``targeted=True``.
 
   For each target rank 2..n_target_classes+1 and restart, attacks the points still
   robust; a result counts when it is misclassified and within ``eps``. Returns ``x_adv``
   (``x`` where no attack succeeded).
   """
-  clean_logits, robust0 = _initial(logits_fn, x, y, mask)
+  clean_logits, robust0 = initial(logits_fn, x, y, mask)
   check_targets(clean_logits.shape[-1], n_target_classes)
 
   def run(r, active):
     return fab_targeted_run(logits_fn, x, y, r, eps=eps, key=key, n_iter=n_iter,
                             n_restarts=n_restarts, alpha_max=alpha_max, eta=eta, beta=beta,
                             active=active, example_ids=example_ids, early_stop=early_stop,
-                            clean_logits=clean_logits)
+                            clean_logits=clean_logits, ops=ops)
 
-  x_adv, _ = _run_until_fooled(x, robust0, n_target_classes * n_restarts, run)
+  x_adv, _ = run_until_fooled(x, robust0, n_target_classes * n_restarts, run)
   return x_adv

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sglr_jax.attacks import losses
-from sglr_jax.attacks.apgd import (LogitsFn, _initial, _run_until_fooled, example_keys,
-                                   fold_keys, per_example)
+from sglr_jax.attacks.common import (DEFAULT_OPS, AttackOps, LogitsFn, fold_keys, initial,
+                                     per_example, predict, project, run_keys,
+                                     run_until_fooled)
 
 
 def p_selection(it: int, n_queries: int = 5000, p_init: float = 0.8,
@@ -63,11 +64,6 @@ class SquareState(NamedTuple):
   loss_min: jax.Array     # [B] (the margin loss)
 
 
-def square_keys(key, batch_size: int, example_ids=None, restart=0):
-  """Per-example keys of one restart: ``fold_in(fold_in(key, id), restart)``."""
-  return fold_keys(example_keys(key, batch_size, example_ids), restart)
-
-
 def square_init(logits_fn: LogitsFn, x, y, keys, *, eps, n_queries: int = 5000):
   """The start: vertical stripes of +-eps (per example, column and channel)."""
   _, _, w, c = x.shape
@@ -105,7 +101,7 @@ def square_queries(logits_fn: LogitsFn, x, y, state: SquareState, keys, active, 
     vh, vw = per_example(vh, x), per_example(vw, x)
     window = (rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size)
     x_new = x_best + window.astype(x.dtype) * (2.0 * eps) * sign
-    x_new = jnp.clip(jnp.clip(x_new, x - eps, x + eps), 0.0, 1.0)
+    x_new = project(x_new, x, eps)
     margin = _margin(logits_fn, x_new, y)
     loss = margin
     improved = loss < loss_min
@@ -132,20 +128,22 @@ def square_single_run(logits_fn: LogitsFn, x, y, keys, active, *, eps,
 
 def square_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_queries: int = 5000,
                   p_init: float = 0.8, n_restarts: int = 1, rescale_schedule: bool = False,
-                  mask=None, example_ids=None):
+                  mask=None, example_ids=None, ops: AttackOps = DEFAULT_OPS):
   """Square Attack, Linf, margin loss: the reference's ``SquareAttack.perturb``.
 
   AutoAttack's setting is the default (``p_init=0.8``, 5,000 queries, no rescaling).
-  Returns ``x_adv`` (``x`` where no query succeeded).
+  Returns ``x_adv`` (``x`` where no query succeeded). ``ops`` is taken for the attacks'
+  common signature only: Square differentiates nothing, and its query loop ends early.
   """
-  _, robust0 = _initial(logits_fn, x, y, mask)
+  del ops
+  _, robust0 = initial(logits_fn, x, y, mask)
 
   def run(r, robust):
     # only the points still robust are attacked, as in the reference
     x_best = square_single_run(
-        logits_fn, x, y, square_keys(key, x.shape[0], example_ids, r), robust, eps=eps,
+        logits_fn, x, y, run_keys(key, x.shape[0], example_ids, r), robust, eps=eps,
         n_queries=n_queries, p_init=p_init, rescale_schedule=rescale_schedule)
-    return x_best, jnp.argmax(logits_fn(x_best), -1) == y
+    return x_best, predict(logits_fn, x_best) == y
 
-  x_adv, _ = _run_until_fooled(x, robust0, n_restarts, run)
+  x_adv, _ = run_until_fooled(x, robust0, n_restarts, run)
   return x_adv

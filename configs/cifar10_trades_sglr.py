@@ -1,7 +1,0 @@
-"""CIFAR-10, ResNet-18, TRADES + SGLR (paper Tab. 2, row TRADES + SGLR)."""
-from configs import _cifar_paper as cifar_paper
-
-
-def get_config():
-  c = cifar_paper.get_config('cifar10', 'trades', sglr=True)
-  return c

@@ -1,0 +1,156 @@
+"""The ensemble's jitted programs: one run of one attack (or a slice of Square's queries,
+or the predictions) on one padded batch.
+
+Every batch has the same number of rows, and run indices, eps, keys and query offsets
+are traced arguments, so each program compiles once whatever the robust set. The model
+is ``model_fn(variables, x)`` with the variables an argument, so another checkpoint of
+the same model runs the same programs.
+
+With a ``NamedSharding`` over one mesh axis, each program is ``shard_map``-ed: every
+device runs the attack on its own rows, with no collective at all (the attacks are per
+example). Left to XLA's automatic partitioning, FAB-T's program exchanged rows between
+devices every iteration (its ``[x1; x0]`` projection batch, the target-logit gathers)
+and Square's synchronised the devices at every query.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+from sglr_jax.attacks.apgd import apgd_run
+from sglr_jax.attacks.autoattack.config import AutoAttackConfig, check_attack
+from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps, LogitsFn, predict, run_keys
+from sglr_jax.attacks.fab import fab_targeted_run
+from sglr_jax.attacks.square import square_init, square_queries
+
+ModelFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x) -> logits
+
+# Traces of each program: jax traces a jitted function once per new static arguments
+# and argument types, before it compiles it, so a count that stays put means nothing
+# was compiled again (public API only, unlike counting jit's cache entries).
+_traces = collections.Counter()
+
+
+def traced_programs() -> int:
+  """How many programs the ensemble has traced (and so compiled) so far."""
+  return sum(_traces.values())
+
+
+def _counted(fn):
+  @functools.wraps(fn)
+  def program(*args, **kwargs):
+    _traces[fn.__name__] += 1
+    return fn(*args, **kwargs)
+  return program
+
+
+def run_fn(name: str, cfg: AutoAttackConfig, ops: AttackOps = DEFAULT_OPS):
+  """``(logits_fn, x, y, run, *, eps, key, active, example_ids) -> (x_cand, robust)``."""
+  check_attack(name, cfg)
+  if name in ('apgd-ce', 'apgd-dlr'):
+    return functools.partial(apgd_run, loss=name[5:], norm=cfg.norm, rho=cfg.rho,
+                             n_iter=cfg.apgd_n_iter, n_restarts=cfg.apgd_n_restarts,
+                             early_stop=cfg.early_stop, ops=ops)
+  if name == 'apgd-t':
+    return functools.partial(apgd_run, loss='dlr-targeted', norm=cfg.norm, rho=cfg.rho,
+                             n_iter=cfg.apgd_t_n_iter, n_restarts=cfg.apgd_t_n_restarts,
+                             early_stop=cfg.early_stop, ops=ops)
+  if name == 'fab-t':
+    return functools.partial(fab_targeted_run, n_iter=cfg.fab_n_iter,
+                             n_restarts=cfg.fab_n_restarts, alpha_max=cfg.fab_alpha_max,
+                             eta=cfg.fab_eta, beta=cfg.fab_beta, early_stop=cfg.early_stop,
+                             ops=ops)
+  raise ValueError(f'{name} has no runs (square: square_init_batch / square_batch)')
+
+
+def _batch_axis(sharding) -> Optional[tuple]:
+  """``(mesh, axis)`` when ``sharding`` splits dimension 0 over one mesh axis, else None."""
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return None
+  spec = tuple(sharding.spec)
+  if not spec or not isinstance(spec[0], str) or any(a is not None for a in spec[1:]):
+    return None
+  return sharding.mesh, spec[0]
+
+
+def _per_device(fn, sharding, in_batched: Sequence[bool]):
+  """``fn`` as a per-device program over the batch axis of ``sharding`` (``fn`` itself
+  when there is none). ``in_batched[i]``: argument ``i`` (a pytree) is split by rows, the
+  others are replicated; every output is split by rows."""
+  axis = _batch_axis(sharding)
+  if axis is None:
+    return fn
+  mesh, name = axis
+  in_specs = tuple(P(name) if b else P() for b in in_batched)
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(name), check_vma=False)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=('ops', 'sharding'))
+@_counted
+def run_batch(model_fn: ModelFn, name: str, cfg: AutoAttackConfig, variables, x, y, mask,
+              example_ids, key, eps, run, *, ops: AttackOps = DEFAULT_OPS, sharding=None):
+  """One run of one attack on one padded batch: ``(x_candidate [B, ...], fooled [B])``."""
+  def program(variables, x, y, mask, example_ids, key, eps, run):
+    logits_fn = functools.partial(model_fn, variables)
+    cand, robust = run_fn(name, cfg, ops)(logits_fn, x, y, run, eps=eps, key=key,
+                                          active=mask, example_ids=example_ids)
+    return cand, mask & ~robust
+  batched = (False, True, True, True, True, False, False, False)
+  return _per_device(program, sharding, batched)(variables, x, y, mask, example_ids, key,
+                                                 eps, run)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=('sharding',))
+@_counted
+def square_init_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y,
+                      example_ids, key, eps, *, sharding=None):
+  """Square's start on one padded batch: a ``SquareState``."""
+  def program(variables, x, y, example_ids, key, eps):
+    logits_fn = functools.partial(model_fn, variables)
+    keys = run_keys(key, x.shape[0], example_ids, 0)
+    return square_init(logits_fn, x, y, keys, eps=eps, n_queries=cfg.square_n_queries)
+  batched = (False, True, True, True, False, False)
+  return _per_device(program, sharding, batched)(variables, x, y, example_ids, key, eps)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=('sharding',))
+@_counted
+def square_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y, state, mask,
+                 example_ids, key, eps, start, *, sharding=None):
+  """Queries ``[start, start + square_queries_per_call)`` on one padded batch."""
+  def program(variables, x, y, state, mask, example_ids, key, eps, start):
+    logits_fn = functools.partial(model_fn, variables)
+    keys = run_keys(key, x.shape[0], example_ids, 0)
+    return square_queries(logits_fn, x, y, state, keys, mask, eps=eps, start=start,
+                          stop=start + cfg.square_queries_per_call,
+                          n_queries=cfg.square_n_queries, p_init=cfg.square_p_init)
+  batched = (False, True, True, True, True, True, False, False, False)
+  return _per_device(program, sharding, batched)(variables, x, y, state, mask, example_ids,
+                                                 key, eps, start)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=('sharding',))
+@_counted
+def predict_batch(model_fn: ModelFn, variables, x, *, sharding=None):
+  """Predicted labels ``[B]`` of one padded batch."""
+  program = lambda variables, x: predict(functools.partial(model_fn, variables), x)
+  return _per_device(program, sharding, (False, True))(variables, x)
+
+
+@functools.lru_cache(maxsize=64)
+def _without_variables(logits_fn: LogitsFn) -> ModelFn:
+  """``logits_fn(x)`` as a ``model_fn(variables, x)`` ignoring its (empty) variables;
+  cached, so the programs of one ``logits_fn`` compile once."""
+  return lambda variables, x: logits_fn(x)
+
+
+def as_model(logits_fn, variables):
+  """``(model_fn, variables)`` for the programs, from the caller's convention:
+  ``logits_fn(x)`` when ``variables`` is None, else ``logits_fn(variables, x)``."""
+  if variables is None:
+    return _without_variables(logits_fn), ()
+  return logits_fn, variables

@@ -1,0 +1,242 @@
+"""``build(config) -> Experiment``: the one place that reads the config.
+
+Every other module takes plain typed parameters; this one turns the ConfigDict into
+them, loads the data, makes the mesh and the model, and picks the platform's parts:
+on XLA:CPU the convolution / pooling of the small CNN, the attack loop that keeps
+convolutions canonical and the compiler options of the one-off initialisation
+(``sglr_jax.platforms.xla_cpu.parts``); elsewhere the core's defaults. Training and
+evaluation both start from an ``Experiment``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple, Optional
+
+import jax
+
+from sglr_jax import checkpoints, config_validation, data, distributed, errors, mesh as mesh_lib
+from sglr_jax import models, objectives, sglr_table
+from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps
+from sglr_jax.training import state as state_lib, step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+  """The config's ``train`` section."""
+  epochs: int
+  batch_size: int  # global: split over devices and processes
+  halt_after_epoch: int = 0  # stop (resumable) after this epoch; 0 = never
+  checkpoint_every_steps: int = 0  # also save ``latest`` every N steps; 0 = epoch ends only
+  train_fit_every_epochs: int = 1  # clean / noisy-label fit of the train set; 0 = never
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalParams:
+  """The config's ``eval`` section: the per-epoch test and ``--mode=eval``."""
+  eps: float
+  step_size: float
+  steps: int
+  batch_size: int
+  every_epochs: int
+  seed: int
+  num_examples: int  # --mode=eval: the first N test points (0 = all)
+  suite: tuple[str, ...]
+  autoattack_examples: int
+  autoattack_budget: str
+  transfer_from: str
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What training and evaluation build from a config."""
+  config: Any  # the ConfigDict: only to write config.json
+  ds: data.Dataset
+  mesh: Any  # jax.sharding.Mesh over ('data',)
+  model: Any  # flax.linen.Module
+  step: step_lib.StepConfig
+  train: TrainParams
+  optim: state_lib.OptimParams
+  schedule: state_lib.ScheduleParams
+  eval: EvalParams
+  attack_ops: AttackOps
+  steps_per_epoch: int
+  seed: int
+  init_options: Optional[dict] = None  # compiler options of the parameter initialisation
+
+
+class PlatformParts(NamedTuple):
+  model_parts: dict  # create_model keyword arguments (conv=, pool=)
+  attack_ops: AttackOps
+  init_options: Optional[dict]
+
+
+def platform_parts(model_name: str) -> PlatformParts:
+  """The platform's versions of the injectable parts (XLA:CPU), or the core's defaults."""
+  if jax.default_backend() != 'cpu':
+    return PlatformParts({}, DEFAULT_OPS, None)
+  from sglr_jax.platforms.xla_cpu import parts  # pylint: disable=g-import-not-at-top
+  return PlatformParts(parts.model_parts(model_name), parts.attack_ops(),
+                       parts.init_compiler_options())
+
+
+# ------------------------------------------------------------------ config -> params
+
+def data_params(config) -> data.DataParams:
+  d = config.data
+  return data.DataParams(
+      name=str(d.name), data_dir=str(d.data_dir), augment=bool(d.augment),
+      train_size=int(d.train_size), test_size=int(d.test_size), noise_kind=str(d.noise.kind),
+      noise_rate=float(d.noise.rate), noise_seed=int(d.noise.seed))
+
+
+def objective_params(config) -> objectives.ObjectiveParams:
+  o, a = config.objective, config.attack
+  return objectives.ObjectiveParams(
+      name=o.name, eps=float(a.eps), step_size=float(a.step_size), steps=int(a.steps),
+      beta=float(o.beta), ls_eps=float(o.ls_eps), te_weight=float(o.te_weight),
+      te_momentum=float(o.te_momentum), te_rampup_epochs=int(o.te_rampup_epochs))
+
+
+def sglr_params(config) -> Optional[sglr_table.SGLRParams]:
+  """None when SGLR is off."""
+  s = config.sglr
+  if not s.enabled:
+    return None
+  return sglr_table.SGLRParams(
+      momentum=float(s.momentum), lam=float(s.lam), temperature=float(s.temperature),
+      alpha=float(s.alpha), start_epoch=int(s.start_epoch))
+
+
+def step_config(config, num_classes: int) -> step_lib.StepConfig:
+  return step_lib.StepConfig(objective_params(config), sglr_params(config), num_classes,
+                             bool(config.data.augment), config.sglr.table_sharding)
+
+
+def optim_params(config) -> state_lib.OptimParams:
+  o = config.optim
+  return state_lib.OptimParams(lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+
+
+def schedule_params(config) -> state_lib.ScheduleParams:
+  s = config.schedule
+  return state_lib.ScheduleParams(name=s.name, decay_epochs=tuple(int(e) for e in s.decay_epochs),
+                                  decay_factor=s.decay_factor, epochs=int(config.train.epochs))
+
+
+def train_params(config) -> TrainParams:
+  t = config.train
+  return TrainParams(
+      epochs=int(t.epochs), batch_size=int(t.batch_size),
+      halt_after_epoch=int(t.halt_after_epoch or 0),
+      checkpoint_every_steps=int(t.get('checkpoint_every_steps', 0) or 0),
+      train_fit_every_epochs=int(t.train_fit_every_epochs or 0))
+
+
+def eval_params(config) -> EvalParams:
+  e = config.eval
+  return EvalParams(
+      eps=float(e.eps), step_size=float(e.step_size), steps=int(e.steps),
+      batch_size=int(e.batch_size), every_epochs=int(e.every_epochs or 0), seed=int(e.seed),
+      num_examples=int(e.num_examples or 0), suite=tuple(e.suite),
+      autoattack_examples=int(e.autoattack_examples or 0),
+      autoattack_budget=str(e.get('autoattack_budget', 'standard')),
+      transfer_from=str(e.transfer_from or ''))
+
+
+def model_kwargs(config) -> dict:
+  """``models.create_model`` arguments of the config's ``model`` section (no platform parts)."""
+  m = config.model
+  kwargs = {'width': m.width, 'depth': tuple(m.depth)}
+  if m.get('dense'):
+    kwargs['dense'] = int(m.dense)
+  if m.get('features'):
+    kwargs['features'] = tuple(int(f) for f in m.features)
+  return kwargs
+
+
+def distributed_params(config) -> distributed.DistributedParams:
+  d = config.distributed
+  ids = str(d.local_device_ids or '')
+  return distributed.DistributedParams(
+      enabled=str(d.enabled), coordinator_address=str(d.coordinator_address or ''),
+      num_processes=int(d.num_processes or 0), process_id=int(d.process_id),
+      local_device_ids=tuple(int(i) for i in ids.split(',')) if ids else ())
+
+
+# ----------------------------------------------------------------------------- build
+
+def build(config, ds: Optional[data.Dataset] = None) -> Experiment:
+  """Validates ``config`` and builds everything a run needs from it (no state yet).
+
+  ``ds``: a dataset to use instead of loading the config's (synthetic data for
+  benchmarks, say); the config's ``data`` section then only sets ``augment``.
+  """
+  config_validation.validate(config)
+  ds = data.load(data_params(config)) if ds is None else ds
+  mesh = mesh_lib.make_mesh(config.parallel.num_devices)
+  train, ev = train_params(config), eval_params(config)
+  mesh_lib.check_batch_size(train.batch_size, mesh, 'train.batch_size')
+  mesh_lib.check_batch_size(ev.batch_size, mesh, 'eval.batch_size')
+  n = len(ds.train_labels)
+  if n < train.batch_size:
+    raise errors.ConfigError(
+        f'train.batch_size={train.batch_size} exceeds the {n} training examples')
+  parts = platform_parts(config.model.name)
+  model = models.create_model(config.model.name, ds.num_classes, bn_axis_name=mesh_lib.AXIS,
+                              **model_kwargs(config), **parts.model_parts)
+  return Experiment(
+      config=config, ds=ds, mesh=mesh, model=model, step=step_config(config, ds.num_classes),
+      train=train, optim=optim_params(config), schedule=schedule_params(config), eval=ev,
+      attack_ops=parts.attack_ops, steps_per_epoch=data.steps_per_epoch(n, train.batch_size),
+      seed=int(config.seed), init_options=parts.init_options)
+
+
+def initial_state(exp: Experiment) -> state_lib.TrainState:
+  """A fresh state from ``PRNGKey(seed)``, placed on the mesh."""
+  tx, _ = state_lib.create_optimizer(exp.optim, exp.schedule, exp.steps_per_epoch)
+  labels = exp.ds.train_labels
+  st = state_lib.create_train_state(
+      exp.model, tx, exp.ds.image_shape, labels, exp.ds.num_classes,
+      jax.random.PRNGKey(exp.seed), table_rows=mesh_lib.table_rows(len(labels), exp.mesh),
+      compiler_options=exp.init_options)
+  return jax.device_put(st, mesh_lib.state_shardings(st, exp.mesh, exp.step.table_layout))
+
+
+def restore(exp: Experiment, workdir: str, kind: str):
+  """``(state, key)`` of the newest readable checkpoint ``kind`` ('best', 'final',
+  'latest'); ``key`` is the epoch (best, final) or the step (latest)."""
+  target = initial_state(exp)
+  got = checkpoints.restore(workdir, kind, target, jax.tree.map(lambda x: x.sharding, target))
+  if got is None:
+    raise errors.NoCheckpointError(
+        f'{workdir} has no {kind!r} checkpoint (looked in '
+        f'{os.path.join(workdir, "checkpoints", kind)}); train first with --mode=train, or '
+        'point --workdir at a trained run')
+  return got
+
+
+def variables_of(st) -> dict:
+  """The model's variables in a train state."""
+  return {'params': st.params, 'batch_stats': st.batch_stats}
+
+
+def load_workdir_config(workdir: str):
+  """The resolved config a run wrote into its workdir (lists back to tuples)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise errors.NoCheckpointError(f'{workdir} has no config.json: not a sglr_jax workdir')
+  with open(path) as f:
+    d = json.load(f)
+  return ml_collections.ConfigDict(_tuples(d))
+
+
+def _tuples(d):
+  if isinstance(d, dict):
+    return {k: _tuples(v) for k, v in d.items()}
+  if isinstance(d, list):
+    return tuple(_tuples(v) for v in d)
+  return d

@@ -1,0 +1,156 @@
+"""``train_and_evaluate(config, workdir)``: the training loop around the pure step.
+
+Per epoch: train (progress bar), test natural + PGD-20 accuracy, optionally the fit
+of the training labels (memorisation under label noise), one line of
+``history.jsonl``, then the ``latest`` checkpoint (and ``best`` when the test PGD-20
+accuracy improved). The last epoch is also saved as ``final``. Re-running on a
+workdir resumes from the newest readable ``latest`` checkpoint.
+
+SIGTERM (preemption) saves ``latest`` at the next step boundary, mid-epoch, with
+the unfinished epoch's per-step metric sums, and returns; the resumed run starts
+inside that epoch (``state.step`` says where) and logs the same history as an
+uninterrupted one. ``train.checkpoint_every_steps`` (if set) also saves ``latest``
+every that many steps, for crashes. See the README, "Several GPUs, a TPU pod, SLURM".
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from sglr_jax import checkpoints, data, distributed, experiment, history, mesh as mesh_lib
+from sglr_jax.evaluation import metrics, predict
+from sglr_jax.training import preemption, progress as progress_lib, state as state_lib
+from sglr_jax.training import step as step_lib, summary
+
+Hook = Callable[[int], None]
+
+
+def write_config(config, workdir: str):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+def improves(value, best_metric) -> bool:
+  """Whether an epoch's test PGD-20 accuracy beats the stored best (a float32 scalar).
+
+  Compared in float32, as stored: in float64, 0.923 > float32(0.923) and every later
+  tie would replace the best checkpoint; ties keep the first best epoch, as the report's
+  curves mark it. ``value`` is None for epochs without an evaluation.
+  """
+  return value is not None and bool(np.float32(value) > np.float32(best_metric))
+
+
+def _evaluations(exp: experiment.Experiment, st, epoch: int, eval_step, fit_step, key) -> dict:
+  """The end-of-epoch measurements due after epoch ``epoch`` (0-based): test natural and
+  PGD-20 accuracy, and the fit of the training labels."""
+  tp, ev, ds = exp.train, exp.eval, exp.ds
+  out = {}
+  if ev.every_epochs and ((epoch + 1) % ev.every_epochs == 0 or epoch + 1 == tp.epochs):
+    clean, adv = predict.predict(eval_step, experiment.variables_of(st), ds.test_images,
+                                 ds.test_labels, ev.batch_size, exp.mesh, key)
+    out['test_natural_acc'] = metrics.masked_accuracy(clean, ds.test_labels)
+    out['test_pgd20_acc'] = metrics.masked_accuracy(adv, ds.test_labels)
+  if tp.train_fit_every_epochs and (epoch + 1) % tp.train_fit_every_epochs == 0:
+    logits, _ = predict.predict(fit_step, experiment.variables_of(st), ds.train_images,
+                                ds.train_labels, ev.batch_size, exp.mesh, key)
+    out.update(summary.train_fit(logits, ds))
+  return out
+
+
+def train_and_evaluate(config, workdir: str, progress: bool = True,
+                       hooks: Iterable[Hook] = ()) -> list[dict]:
+  """Trains (resuming if possible) and returns the history.
+
+  ``hooks``: callables called after every train step with the number of steps done
+  (before the preemption check of that step), e.g. to report or to act at a chosen step.
+  """
+  exp = experiment.build(config)
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  distributed.sync_processes('sglr_train_start')
+  return _train(exp, workdir, progress, tuple(hooks))
+
+
+def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> list[dict]:
+  is_main = jax.process_index() == 0
+  spe, tp, ev = exp.steps_per_epoch, exp.train, exp.eval
+  st = experiment.initial_state(exp)
+  shardings = mesh_lib.state_shardings(st, exp.mesh, exp.step.table_layout)
+  st, partial_sums, partial_time = progress_lib.resume(workdir, st, shardings, spe)
+  done = int(st.epoch)
+  step = int(st.step)  # optimizer steps so far; the key of 'latest' checkpoints
+  if is_main:
+    history.truncate_history(workdir, done)
+
+  train_step = step_lib.make_train_step(exp.model, exp.step, exp.mesh, st, ops=exp.attack_ops)
+  eval_step = predict.make_eval_step(exp.model, exp.mesh, eps=ev.eps, step_size=ev.step_size,
+                                     steps=ev.steps, ops=exp.attack_ops)
+  fit_step = predict.make_eval_step(exp.model, exp.mesh, eps=0.0, step_size=0.0, steps=0)
+  schedule = state_lib.lr_schedule(exp.optim.lr, exp.schedule, spe)
+  eval_key = jax.random.PRNGKey(ev.seed)
+  every = tp.checkpoint_every_steps
+  with preemption.Preemption() as preempt:
+    for epoch in range(done, tp.epochs):
+      first = step - epoch * spe  # > 0 only when resuming inside this epoch
+      t0 = time.time() - partial_time
+      sums, partial_sums, partial_time = partial_sums, [], 0.0
+      batches = data.train_batches(exp.ds, exp.seed, epoch, tp.batch_size, jax.process_index(),
+                                   jax.process_count(), start_step=first)
+      bar = tqdm(batches, total=spe, initial=first, desc=f'epoch {epoch + 1}/{tp.epochs}',
+                 disable=not (progress and is_main), leave=False)
+      stopped = False
+      for batch in bar:
+        st, m = train_step(st, mesh_lib.to_global(batch, exp.mesh))
+        sums.append(m)
+        step += 1
+        for hook in hooks:
+          hook(step)
+        stop = preempt.check(step)  # every step: the multi-process sync protocol needs it
+        if step < (epoch + 1) * spe and (stop or (every and step % every == 0)):
+          sums = jax.device_get(sums)
+          checkpoints.save(workdir, 'latest', st, step,
+                           progress_lib.record(epoch, sums, spe, time.time() - t0))
+          if stop:
+            stopped = True
+            break
+      bar.close()
+      if stopped:
+        if is_main:
+          logging.warning('SIGTERM: saved checkpoint latest/%d (epoch %d, step %d of %d); '
+                          'run the same command again to resume', step, epoch + 1,
+                          step - epoch * spe, spe)
+        break
+      sums = jax.device_get(sums)
+      # Same shardings as before, so the next epoch's step does not recompile.
+      st = jax.device_put(st.replace(epoch=st.epoch + 1), shardings)
+      record = summary.epoch_record(epoch, sums, float(schedule(epoch * spe)))
+      record['train_time_s'] = round(time.time() - t0, 2)
+      record.update(_evaluations(exp, st, epoch, eval_step, fit_step, eval_key))
+      record['epoch_time_s'] = round(time.time() - t0, 2)
+      improved = improves(record.get('test_pgd20_acc'), st.best_metric)
+      if improved:
+        st = jax.device_put(
+            st.replace(best_metric=jnp.asarray(record['test_pgd20_acc'], jnp.float32)), shardings)
+      if is_main:
+        history.append_history(workdir, record)
+        if progress:
+          tqdm.write(summary.console_line(record))
+      if improved:
+        checkpoints.save(workdir, 'best', st, epoch + 1)
+      checkpoints.save(workdir, 'latest', st, step, progress_lib.record(epoch + 1, [], spe, 0.0))
+      if epoch + 1 == tp.epochs:
+        checkpoints.save(workdir, 'final', st, epoch + 1)
+      if preempt.at_epoch_end() or (tp.halt_after_epoch and epoch + 1 >= tp.halt_after_epoch):
+        if is_main:
+          logging.warning('stopping after epoch %d (%s)', epoch + 1,
+                          'SIGTERM' if preempt.requested else 'train.halt_after_epoch')
+        break
+  return history.read_history(workdir)
