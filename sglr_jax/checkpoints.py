@@ -21,6 +21,14 @@ way of later saves); the one before it is used. A readable checkpoint whose
 arrays do not fit the current config (another model, say) is an error, not a
 fallback: nothing is moved.
 
+Integrity: every checkpoint holds ``MANIFEST`` (SHA-256 of each of its files), written
+by process 0 after every process's files are complete and before Orbax's commit (the
+rename), so a committed checkpoint always carries one. ``restore`` verifies it: a file
+whose bytes changed (disk or copy damage) makes the checkpoint unreadable like a
+truncated one. Checkpoints written before manifests existed are read unverified.
+``read_only=True`` (evaluation, reports) never moves or removes anything: a damaged
+checkpoint is only named.
+
 Topology: the label table is restored into the current row count and sharding
 (Orbax appends zero rows or drops rows beyond the dataset, which are never read),
 so a checkpoint written on 4 devices restores on 1 or 2, replicated or sharded,
@@ -28,7 +36,10 @@ each process reading only the rows it holds.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -46,6 +57,9 @@ KINDS = ('latest', 'best', 'final')
 KEEP = {'latest': 2, 'best': 1, 'final': 1}
 TABLE_KEY = ('label_table',)
 COMMIT_FILE = 'commit_success.txt'
+MANIFEST = 'MANIFEST'
+# Orbax rewrites its step metadata when it commits, after the manifest: not hashed.
+_UNHASHED = (MANIFEST, COMMIT_FILE, '_CHECKPOINT_METADATA')
 _barrier_ids = itertools.count()
 
 
@@ -57,8 +71,75 @@ def _path(workdir: str, kind: str) -> str:
   return os.path.abspath(os.path.join(workdir, 'checkpoints', kind))
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint file's bytes differ from its manifest."""
+
+
 def _checkpointer() -> ocp.Checkpointer:
-  return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  """Orbax's checkpointer whose handler also writes ``MANIFEST`` before the commit.
+
+  ``finalize`` runs on the primary process after every process saved its files, before
+  the rename. It is wrapped on the instance: Orbax maps ``args.Composite`` to the exact
+  handler class, so a subclass would not be used.
+  """
+  handler = ocp.CompositeCheckpointHandler()
+  finalize = handler.finalize
+
+  def finalize_with_manifest(directory):
+    finalize(directory)
+    write_manifest(str(directory))
+
+  handler.finalize = finalize_with_manifest
+  return ocp.Checkpointer(handler)
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 22), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _files(directory: str) -> list[str]:
+  """The hashed files of a checkpoint directory, relative paths, sorted."""
+  out = []
+  for root, _, names in os.walk(directory):
+    for n in names:
+      rel = os.path.relpath(os.path.join(root, n), directory)
+      if rel not in _UNHASHED:
+        out.append(rel)
+  return sorted(out)
+
+
+def write_manifest(directory: str) -> None:
+  """Writes ``directory/MANIFEST``: {relative path: sha256} of its files (fsynced)."""
+  manifest = {rel: _sha256(os.path.join(directory, rel)) for rel in _files(directory)}
+  path = os.path.join(directory, MANIFEST)
+  with open(path, 'w') as f:
+    json.dump({'version': 1, 'sha256': manifest}, f, indent=0, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def verify_manifest(directory: str) -> bool:
+  """Raises ``CorruptCheckpointError`` naming the first file that differs from the
+  manifest; False (unverified) for a checkpoint written without one."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      want = json.load(f)['sha256']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CorruptCheckpointError(f'{path} is unreadable ({type(e).__name__})') from None
+  for rel, digest in sorted(want.items()):
+    full = os.path.join(directory, rel)
+    if not os.path.isfile(full):
+      raise CorruptCheckpointError(f'{full} is missing')
+    if _sha256(full) != digest:
+      raise CorruptCheckpointError(f'{full} does not match its checksum (damaged bytes)')
+  return True
 
 
 def _sync(name: str):
@@ -76,6 +157,7 @@ def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = N
   root = _path(workdir, kind)
   if jax.process_index() == 0:
     os.makedirs(root, exist_ok=True)
+  _check_space(workdir, root)
   _sync(f'save_start_{kind}_{step}')
   items = {'state': ocp.args.PyTreeSave(state)}
   if progress is not None:
@@ -94,6 +176,35 @@ def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = N
       if old not in keep:
         shutil.rmtree(os.path.join(root, str(old)), ignore_errors=True)
   _sync(f'save_end_{kind}_{step}')
+
+
+def _check_space(workdir: str, root: str) -> None:
+  """Raises ENOSPC on every process when the disk of ``root`` has less room than the
+  newest checkpoint takes: a save that fails half way leaves Orbax's writer threads
+  printing tracebacks. Process 0 measures (``root`` may not exist yet elsewhere); all
+  processes take the same branch."""
+  message = ''
+  if jax.process_index() == 0:
+    sizes = [_size(os.path.join(_path(workdir, kind), str(steps[-1])))
+             for kind in KINDS for steps in [_steps(_path(workdir, kind))] if steps]
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    if sizes and free < max(sizes):
+      message = f'No space left on device ({free} bytes free, a checkpoint takes {max(sizes)})'
+  if not _all_processes_ok(not message):
+    raise OSError(errno.ENOSPC, message or 'No space left on device (on process 0)', root)
+
+
+def _size(directory: str) -> int:
+  """Bytes of the files under ``directory`` (files that vanish meanwhile count 0)."""
+  total = 0
+  for r, _, names in os.walk(directory):
+    for f in names:
+      try:
+        total += os.path.getsize(os.path.join(r, f))
+      except OSError:
+        pass
+  return total
 
 
 def _steps(root: str) -> list[int]:
@@ -117,7 +228,8 @@ def read_progress(workdir: str, kind: str, step: int) -> Optional[dict]:
   return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)
 
 
-def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool = False):
+def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool = False,
+            read_only: bool = False, damaged: Optional[list] = None):
   """Restores the newest readable checkpoint of ``kind`` into the structure of ``target``.
 
   ``shardings``: the state's shardings (default: those of ``target``'s arrays).
@@ -125,10 +237,13 @@ def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool
   (``progress`` is None for a checkpoint without one), or None when there is none.
   Leftover temporary directories of interrupted saves are removed. An unreadable
   checkpoint is skipped with a warning and set aside; a readable one that does
-  not fit ``target`` raises ``IncompatibleCheckpointError``.
+  not fit ``target`` raises ``IncompatibleCheckpointError``. ``read_only``: nothing
+  is removed or moved (evaluation); ``damaged`` (a list) collects ``(key, reason)`` of
+  each unreadable checkpoint, so a caller can name them.
   """
   root = _path(workdir, kind)
-  _remove_temporaries(root)
+  if not read_only:
+    _remove_temporaries(root)
   steps = _steps(root)
   if not steps:
     return None
@@ -145,18 +260,33 @@ def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool
     if _all_processes_ok(error is None):
       state, progress = got
       return (state, step, progress) if with_progress else (state, step)
-    reason = (f'{type(error).__name__}: {str(error).splitlines()[0][:200]}' if error is not None
-              else 'unreadable on another process')
-    logging.warning('checkpoint %s/%d is unreadable (%s); setting it aside and trying an '
-                    'earlier one', kind, step, reason)
-    _set_aside(workdir, kind, step)
+    reason = _reason(error)
+    if damaged is not None:
+      damaged.append((step, reason))
+    logging.warning('checkpoint %s/%d is unreadable (%s); %strying an earlier one', kind, step,
+                    reason, '' if read_only else 'setting it aside and ')
+    if not read_only:
+      _set_aside(workdir, kind, step)
   return None
+
+
+def _reason(error) -> str:
+  """One line about why a checkpoint failed to read (some library errors have no
+  usable ``str``: pybind11 exceptions print a bound method)."""
+  if error is None:
+    return 'unreadable on another process'
+  text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ''
+  if not text or '<bound method' in text:
+    text = 'its files could not be decoded'
+  return f'{type(error).__name__}: {text}'
 
 
 def _restore_step(path: str, target, shardings):
   """``(state, progress)`` of one checkpoint directory; raises if it is damaged."""
   if not os.path.exists(os.path.join(path, COMMIT_FILE)):
     raise FileNotFoundError(f'{COMMIT_FILE} is missing: the save did not complete')
+  if jax.process_index() == 0:  # the others learn of a mismatch through _all_processes_ok
+    verify_manifest(path)
   # 'default': the single-item layout of checkpoints written before 'progress' existed
   item = 'default' if not os.path.isdir(os.path.join(path, 'state')) and os.path.isdir(
       os.path.join(path, 'default')) else 'state'
@@ -237,3 +367,8 @@ def _set_aside(workdir: str, kind: str, step: int):
     except OSError as e:
       logging.warning('could not move %s aside (%s)', src, e)
   _sync(f'aside_{kind}_{step}')
+
+
+def committed(workdir: str, kind: str, key: int) -> bool:
+  """Whether checkpoint ``key`` of ``kind`` exists with its commit marker (a complete save)."""
+  return os.path.exists(os.path.join(_path(workdir, kind), str(key), COMMIT_FILE))

@@ -4,12 +4,16 @@
   sglr-jax --config=configs/mnist_sglr.py --workdir=runs/mnist_sglr --mode=eval
   sglr-jax --config=configs/mnist_sglr.py --workdir=runs/mnist_sglr --config.train.epochs=5
 
-Errors a user can fix (``errors.UserError``) end in one line on stderr, exit status 2.
+Exit status: 0 done; 2 an error the user can fix (``errors.UserError``, a bad flag or
+config file, a full disk: one line on stderr); 3 training diverged (a non-finite loss
+or gradient norm; the last good checkpoint is kept).
 Process setup (XLA host devices on CPU, ``jax.distributed``) happens here, before anything
 else imports jax; everything else is built from the config by ``experiment.build``.
 """
 from __future__ import annotations
 
+import errno
+import logging as std_logging
 import os
 import sys
 
@@ -67,11 +71,51 @@ def run(fv, progress=True):
   distributed.maybe_initialize(experiment.distributed_params(config))
   if mode == 'train':
     from sglr_jax.training import loop  # pylint: disable=g-import-not-at-top
-    loop.train_and_evaluate(config, workdir, progress=progress)
+    hist = loop.train_and_evaluate(config, workdir, progress=progress)
+    print(closing_line(hist, workdir))
   else:
     from sglr_jax.evaluation import evaluate, results  # pylint: disable=g-import-not-at-top
     res = evaluate.evaluate(config, workdir, progress=progress)
     print(results.markdown_table(res, title=os.path.basename(os.path.normpath(workdir))))
+
+
+def closing_line(hist: list, workdir: str) -> str:
+  """One line after training: the last epoch's numbers and where everything is."""
+  if not hist:
+    return f'no epoch finished; workdir {workdir}'
+  r = hist[-1]
+  nums = [f"epoch {r['epoch']}"]
+  for key, name in (('test_natural_acc', 'test nat'), ('test_pgd20_acc', 'PGD-20')):
+    if isinstance(r.get(key), float):
+      nums.append(f'{name} {100 * r[key]:.1f}%')
+  return (f"done: {', '.join(nums)}; history {os.path.join(workdir, 'history.jsonl')}, "
+          f"checkpoints {os.path.join(workdir, 'checkpoints')}")
+
+
+def _disk_full(e: BaseException):
+  """The ENOSPC / EDQUOT error in ``e``'s chain (Orbax wraps its writers' errors), or None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return e
+    if 'No space left on device' in str(e) or 'Disk quota exceeded' in str(e):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _quiet_disk_full_thread_errors() -> None:
+  """Drops the ERROR records (with tracebacks) that Orbax's writer threads log for a
+  full disk: the same error reaches ``_main``, which reports it in one line."""
+
+  def keep(record) -> bool:
+    if record.levelno < std_logging.ERROR:
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return _disk_full(exc or RuntimeError(record.getMessage())) is None
+
+  logging.get_absl_logger().addFilter(keep)
 
 
 def _configure_cpu_devices(requested: int, config) -> None:
@@ -92,13 +136,42 @@ def _configure_cpu_devices(requested: int, config) -> None:
 
 def _main(argv):
   del argv
+  _quiet_disk_full_thread_errors()
   try:
     if FLAGS.config is not None:  # before anything imports jax
       _configure_cpu_devices(FLAGS.cpu_devices, FLAGS.config)
     run(FLAGS, progress=FLAGS.progress)
   except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit(f'error: {e}', 2)
+  except Exception as e:  # pylint: disable=broad-except
+    if getattr(e, 'exit_status', None) == 3:  # training.loop.NonFiniteError
+      _exit(f'error: {e}', 3)
+    full = _disk_full(e)
+    if full is None:
+      raise
+    where = getattr(full, 'filename', None) or FLAGS.workdir
+    _exit(f'error: no space left on the disk of {where} ({full.__class__.__name__}); the last '
+          'complete checkpoint is kept: free space and run the same command again', 2)
+
+
+def _exit(line: str, status: int):
+  """Prints one line and ends the process now (os._exit: Orbax's background threads
+  would print pages of tracebacks on a normal interpreter shutdown after a failed save)."""
+  print(line.splitlines()[0] if line else line, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag, override or config file as one line, status 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _exit(f'error: {" ".join(str(e).split())}', 2)
+  except Exception as e:  # pylint: disable=broad-except  # a config file or override that fails
+    text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    text = text.strip('\'"').replace('\\n', ' ').replace("\\'", "'")  # a KeyError's repr
+    _exit(f'error: --config: {type(e).__name__}: {" ".join(text.split())}', 2)
 
 
 def _check_config_path(argv):
@@ -117,4 +190,4 @@ def main():
   _check_config_path(sys.argv)
   define_flags(FLAGS, sys.argv)
   logging.set_verbosity(logging.WARNING)
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)

@@ -15,6 +15,7 @@ from sglr_jax.mesh import TABLE_LAYOUTS
 from sglr_jax.training.state import SCHEDULES
 
 EVAL_METRICS = ('natural', 'pgd20', 'autoattack', 'ece', 'transfer')
+ATTACK_NORMS = ('Linf', 'L2')  # attack.norm, eval.norm
 
 __all__ = ['ConfigError', 'EVAL_METRICS', 'validate']
 
@@ -52,11 +53,19 @@ def validate(config) -> None:
     raise ConfigError(f'objective.beta={config.objective.beta!r} must be >= 0')
   for f in ('attack', 'eval'):
     sub = config[f]
-    _unit(f'{f}.eps', sub.eps)
+    norm = sub.get('norm', 'Linf')
+    _choice(f'{f}.norm', norm, ATTACK_NORMS)
+    if norm == 'Linf':
+      _unit(f'{f}.eps', sub.eps)
+    elif sub.eps < 0:  # an L2 radius may exceed 1 (e.g. 2.0 on MNIST)
+      raise ConfigError(f'{f}.eps={sub.eps!r} must be >= 0')
     if sub.step_size < 0:
       raise ConfigError(f'{f}.step_size={sub.step_size!r} must be >= 0')
     if sub.steps < 0:
       raise ConfigError(f'{f}.steps={sub.steps!r} must be >= 0')
+  if config.attack.steps < 1:  # every objective trains on adversarial examples
+    raise ConfigError(f'attack.steps={config.attack.steps!r} must be >= 1 (the training '
+                      'attack runs at least one step)')
   s = config.sglr
   _unit('sglr.alpha', s.alpha)
   _unit('sglr.momentum', s.momentum)

@@ -46,6 +46,7 @@ class EvalParams:
   autoattack_examples: int
   autoattack_budget: str
   transfer_from: str
+  norm: str = 'Linf'  # threat model of every test attack: 'Linf' or 'L2'
 
 
 @dataclasses.dataclass
@@ -96,7 +97,8 @@ def objective_params(config) -> objectives.ObjectiveParams:
   return objectives.ObjectiveParams(
       name=o.name, eps=float(a.eps), step_size=float(a.step_size), steps=int(a.steps),
       beta=float(o.beta), ls_eps=float(o.ls_eps), te_weight=float(o.te_weight),
-      te_momentum=float(o.te_momentum), te_rampup_epochs=int(o.te_rampup_epochs))
+      te_momentum=float(o.te_momentum), te_rampup_epochs=int(o.te_rampup_epochs),
+      norm=str(a.get('norm', 'Linf')))
 
 
 def sglr_params(config) -> Optional[sglr_table.SGLRParams]:
@@ -143,7 +145,7 @@ def eval_params(config) -> EvalParams:
       num_examples=int(e.num_examples or 0), suite=tuple(e.suite),
       autoattack_examples=int(e.autoattack_examples or 0),
       autoattack_budget=str(e.get('autoattack_budget', 'standard')),
-      transfer_from=str(e.transfer_from or ''))
+      transfer_from=str(e.transfer_from or ''), norm=str(e.get('norm', 'Linf')))
 
 
 def model_kwargs(config) -> dict:
@@ -207,9 +209,20 @@ def initial_state(exp: Experiment) -> state_lib.TrainState:
 
 def restore(exp: Experiment, workdir: str, kind: str):
   """``(state, key)`` of the newest readable checkpoint ``kind`` ('best', 'final',
-  'latest'); ``key`` is the epoch (best, final) or the step (latest)."""
+  'latest'); ``key`` is the epoch (best, final) or the step (latest).
+
+  Read-only (evaluation must not change a workdir): a damaged checkpoint stays where it
+  is and, when none of ``kind`` is readable, the error names it as damaged.
+  """
   target = initial_state(exp)
-  got = checkpoints.restore(workdir, kind, target, jax.tree.map(lambda x: x.sharding, target))
+  damaged = []
+  got = checkpoints.restore(workdir, kind, target, jax.tree.map(lambda x: x.sharding, target),
+                            read_only=True, damaged=damaged)
+  if got is None and damaged:
+    key, reason = damaged[0]
+    raise errors.NoCheckpointError(
+        f'checkpoint {kind}/{key} in {workdir} is damaged ({reason}); it was left as it is. '
+        f'Restore it from a copy, or re-train (--mode=train falls back to an earlier one)')
   if got is None:
     raise errors.NoCheckpointError(
         f'{workdir} has no {kind!r} checkpoint (looked in '

@@ -5,6 +5,8 @@ import json
 import os
 import warnings
 
+from sglr_jax import strict_json
+
 
 def read_history(workdir: str, strict: bool = True) -> list[dict]:
   """The epoch records of ``WORKDIR/history.jsonl``, last line per epoch kept (a resumed
@@ -51,12 +53,13 @@ def truncate_history(workdir: str, last_epoch: int) -> None:
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     for r in rows:
-      f.write(json.dumps(r) + '\n')
+      f.write(strict_json.dumps(r) + '\n')
   os.replace(tmp, path)
 
 
 def append_history(workdir: str, record: dict) -> None:
+  """Appends one epoch's line (strict JSON: a non-finite number is written as null)."""
   with open(os.path.join(workdir, 'history.jsonl'), 'a') as f:
-    f.write(json.dumps(record) + '\n')
+    f.write(strict_json.dumps(record) + '\n')
     f.flush()
     os.fsync(f.fileno())

@@ -148,3 +148,33 @@ def test_transfer_from_the_model_itself_is_its_pgd_accuracy(exp, variables, tmp_
   assert out['transfer_acc'] == out['pgd20_acc']
   other = evaluate_lib.Suite(exp, ('transfer',), source).run(_scaled(variables, -1.0))
   assert list(other) == ['num_examples', 'transfer_acc'] and 0 <= other['transfer_acc'] <= 1
+
+
+def test_evaluate_l2_autoattack_writes_examples_breakdown_and_no_state(exp, variables,
+                                                                      tmp_path):
+  """Issue 19: L2 AutoAttack in --mode=eval; adversarial examples per checkpoint, the
+  per-attack breakdown in results.md, the resumable state removed once complete."""
+  wd = str(tmp_path / 'run')
+  _save(exp, wd, {'best': (2, variables), 'final': (3, _scaled(variables, 3.0))})
+  config = _config(**{'eval.suite': ('natural', 'autoattack'), 'eval.num_examples': 20,
+                      'eval.autoattack_examples': 20, 'eval.norm': 'L2', 'eval.eps': 0.5})
+  res = evaluate_lib.evaluate(config, wd, progress=False)
+  assert res['eval_config']['norm'] == 'L2'
+  for kind in ('best', 'final'):
+    r = res[kind]
+    assert list(r['autoattack_after']) == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    assert isinstance(r['autoattack_flags'], list) and r['autoattack_nan_count'] == 0
+    assert r['autoattack_max_perturbation'] <= 0.5 + 1e-5
+    with np.load(os.path.join(wd, 'adversarial', f'{kind}.npz')) as z:
+      np.testing.assert_array_equal(z['index'], np.arange(20))
+      assert z['x_adv'].dtype == np.float32 and z['x_adv'].shape == (20, 28, 28, 1)
+      broken = z['broken_by'] != ''
+      np.testing.assert_array_equal(broken, (z['clean_pred'] != z['adv_pred'])
+                                    & (z['clean_pred'] == exp.ds.test_labels[:20]))
+      assert np.mean(~broken & (z['adv_pred'] == exp.ds.test_labels[:20])) == pytest.approx(
+          r['autoattack_acc'])
+  assert not os.listdir(os.path.join(wd, 'eval_state'))
+  with open(os.path.join(wd, 'results.md')) as f:
+    md = f.read()
+  assert md == results.markdown_table(res, title='run') + results.autoattack_breakdown(res)
+  assert '| apgd-ce |' in md

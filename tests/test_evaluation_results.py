@@ -49,7 +49,31 @@ def test_write_puts_json_and_markdown_in_the_workdir(tmp_path):
   res = _results()
   results.write(str(wd) + '/', res)
   assert json.loads((wd / 'results.json').read_text()) == res
-  assert (wd / 'results.md').read_text() == results.markdown_table(res, title='my_run')
+  # issue 19: the table, then AutoAttack's per-attack breakdown
+  assert (wd / 'results.md').read_text() == (results.markdown_table(res, title='my_run')
+                                             + results.autoattack_breakdown(res))
+
+
+def test_autoattack_breakdown_by_hand():
+  res = _results()
+  res['final'] = dict(FINAL, autoattack_after={'apgd-ce': 0.4375, 'square': 0.375},
+                      autoattack_flags=[{'check': 'nan', 'message': '1 NaN'}])
+  assert results.autoattack_breakdown(res) == (
+      '\n#### AutoAttack: robust accuracy after each attack\n\n'
+      '| Attack | Best | Final |\n|---|---|---|\n'
+      '| apgd-ce | 50.0 | 43.8 |\n'
+      '| square | - | 37.5 |\n\n'
+      '- flag (final): nan: 1 NaN\n')
+  assert results.autoattack_breakdown(_results() | {'best': FINAL}) == ''
+
+
+def test_results_json_is_strict(tmp_path):
+  res = _results()
+  res['best'] = dict(BEST, natural_acc=float('nan'))
+  results.write(str(tmp_path), res)
+  text = (tmp_path / 'results.json').read_text()
+  assert 'NaN' not in text
+  assert json.loads(text)['best']['natural_acc'] is None
 
 
 def test_best_final_diff_is_tolerant_and_self_consistent():

@@ -26,6 +26,15 @@ def _strip(history):
   return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in history]
 
 
+def run_child(spec: dict, tmp: str):
+  """Runs one ``_mp_worker`` job on one device to its end: ``(returncode, log path)``."""
+  proc, log = w.start_job(spec, devices=1, tmp=tmp)
+  try:
+    return w.wait_all([proc], timeout=w.WAIT_S)[0], log
+  finally:
+    w.stop([proc])
+
+
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('uninterrupted'))
@@ -98,11 +107,7 @@ def test_sigkill_during_a_save_then_resume_matches(reference, tmp_path):
   wd = str(tmp_path / 'wd')
   spec = {'job': 'train', 'base': 'tiny', 'overrides': {'train.checkpoint_every_steps': 1},
           'workdir': wd, 'sigkill_in_save': 'latest/6'}
-  proc, log = w.start_job(spec, devices=1, tmp=str(tmp_path))
-  try:
-    rc = w.wait_all([proc], timeout=w.WAIT_S)[0]
-  finally:
-    w.stop([proc])
+  rc, log = run_child(spec, str(tmp_path))
   assert rc == -signal.SIGKILL, w.tail(log)
   latest = os.path.join(wd, 'checkpoints', 'latest')
   left = sorted(os.listdir(latest))

@@ -1,11 +1,12 @@
-"""FAB-T (Croce and Hein, 2020): targeted Fast Adaptive Boundary attack, Linf.
+"""FAB-T (Croce and Hein, 2020): targeted Fast Adaptive Boundary attack, Linf and L2.
 
-A JAX port of the reference's ``FABAttack_PT`` in its targeted Linf form: each step
+A JAX port of the reference's ``FABAttack_PT`` in its targeted form: each step
 linearises ``z_t - z_y`` at the current point, projects both the current point and the
 original onto that hyperplane (within the [0, 1] box), moves to a convex combination of
 the two (``alpha <= alpha_max``) with overshoot ``eta``, and after every success backs
 off towards the original by ``beta``. FAB minimises the perturbation; the result counts
-only if it is within ``eps``.
+only if it is within ``eps``. L2 differs only in the norm: the projections
+(``projection_l2``), the step ratio, the distances and the restarts' random start.
 """
 from __future__ import annotations
 
@@ -13,8 +14,25 @@ import jax
 import jax.numpy as jnp
 
 from sglr_jax.attacks.common import (DEFAULT_OPS, AttackOps, LogitsFn, check_targets,
-                                     direction_noise, initial, linf_norm, per_example,
-                                     predict, run_keys, run_until_fooled, target_labels)
+                                     direction_noise, initial, l2_norm, linf_norm,
+                                     per_example, predict, run_keys,
+                                     run_until_fooled, target_labels)
+
+NORMS = ('Linf', 'L2')
+
+
+def _norm_fn(norm: str):
+  return linf_norm if norm == 'Linf' else l2_norm
+
+
+def projection_l2(t, w, b, max_steps: int = 64):
+  """Smallest-L2 ``d`` with ``w . (t + d) = b`` and ``t + d`` in [0, 1], row by row.
+
+  The reference's ``projection_l2``: ``d_i = -lambda w_i`` clipped to the box, the
+  closest corner where the hyperplane is out of reach. Solved by the Newton climb of
+  ``projection_linf`` with the movement ``min(lambda |w_i|, room_i)``.
+  """
+  return _box_projection(t, w, b, 'L2', max_steps)
 
 
 def projection_linf(t, w, b, max_steps: int = 64):
@@ -32,6 +50,12 @@ def projection_linf(t, w, b, max_steps: int = 64):
   (tests/test_fab.py compares with a transcription of it), but XLA:CPU's sort costs
   more than the rest of a FAB step, and a bisection needs ~40 passes over the rows.
   """
+  return _box_projection(t, w, b, 'Linf', max_steps)
+
+
+def _box_projection(t, w, b, norm: str, max_steps: int):
+  """Coordinate ``i`` moves ``s_i min(lambda, room_i / s_i)`` towards the hyperplane, with
+  ``s_i = 1`` (Linf) or ``|w_i|`` (L2); ``lambda`` by Newton's method (projection_linf)."""
   side = jnp.where(jnp.sum(w * t, 1) - b >= 0, 1.0, -1.0)        # [N]
   w = w * side[:, None]
   need = jnp.sum(w * t, 1) - b * side                           # decrease of w.z needed, >= 0
@@ -41,13 +65,18 @@ def projection_linf(t, w, b, max_steps: int = 64):
   aw = jnp.abs(w)
   reach = jnp.sum(aw * room, 1)                                 # largest decrease possible
   feasible = need < reach
+  if norm == 'Linf':
+    scale, ratio = 1.0, room
+  else:
+    scale = aw
+    ratio = jnp.where(aw > 0, room / jnp.where(aw > 0, aw, 1.0), jnp.inf)
 
   def newton(lam):
-    """The closed form on the piece right of ``lam``: coordinates with room <= lam
+    """The closed form on the piece right of ``lam``: coordinates with ratio <= lam
     move fully, the others by the new lambda."""
-    capped = room > lam[:, None]
+    capped = ratio > lam[:, None]
     free = jnp.sum(jnp.where(capped, 0.0, aw * room), 1)
-    slope = jnp.sum(jnp.where(capped, aw, 0.0), 1)
+    slope = jnp.sum(jnp.where(capped, aw * scale, 0.0), 1)
     new = (need - free) / slope
     return jnp.where(feasible & (slope > 0) & jnp.isfinite(new), jnp.maximum(new, lam), lam)
 
@@ -61,26 +90,31 @@ def projection_linf(t, w, b, max_steps: int = 64):
 
   zero = jnp.zeros_like(need)
   _, lam, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), newton(zero), zero))
-  step = jnp.where(feasible[:, None], jnp.minimum(lam[:, None], room), room)
+  step = jnp.where(feasible[:, None], scale * jnp.minimum(lam[:, None], ratio), room)
   return jnp.where(w != 0, direction * step, 0.0)
 
 
 def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
                             n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05,
                             beta: float = 0.9, rand_start=False, active=None,
-                            early_stop: bool = False, ops: AttackOps = DEFAULT_OPS):
-  """One targeted FAB run. Returns ``(x_adv, found)``: the smallest-Linf misclassified
-  iterate found (``x`` where none was) and whether one was found.
+                            early_stop: bool = False, norm: str = 'Linf',
+                            ops: AttackOps = DEFAULT_OPS):
+  """One targeted FAB run. Returns ``(x_adv, found)``: the smallest (in ``norm``)
+  misclassified iterate found (``x`` where none was) and whether one was found.
 
-  ``rand_start`` (may be traced) starts from a random point at Linf distance ``eps / 2``,
+  ``rand_start`` (may be traced) starts from a random point at distance ``eps / 2``,
   as the reference does on restarts after the first. ``early_stop`` (not in the
   reference) ends the run once every point of ``active`` has one within ``eps``: the
   same verdicts, but not the smallest perturbations. ``ops.grad_transform`` wraps the
   function that differentiates the model.
   """
+  if norm not in NORMS:
+    raise ValueError(f'norm={norm!r}; allowed: {NORMS}')
   b = x.shape[0]
   flat = lambda v: v.reshape(b, -1)
   rows = jnp.arange(b)
+  dist_fn = _norm_fn(norm)
+  projection = projection_linf if norm == 'Linf' else projection_l2
 
   @ops.grad_transform
   def diff_and_grad(x1):
@@ -94,8 +128,8 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
   if rand_start is False:
     x1 = x
   else:
-    u = direction_noise(keys, x, 'Linf')
-    x_rand = jnp.clip(x + eps * u / per_example(linf_norm(u), x) * 0.5, 0.0, 1.0)
+    u = direction_noise(keys, x, norm)
+    x_rand = jnp.clip(x + eps * u / per_example(dist_fn(u), x) * 0.5, 0.0, 1.0)
     x1 = jnp.where(rand_start, x_rand, x)
   x0 = flat(x)
 
@@ -104,15 +138,15 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
     df, dg = diff_and_grad(x1)
     w = flat(dg)
     off = jnp.sum(w * flat(x1), 1) - df                       # hyperplane w.z = off
-    d3 = projection_linf(jnp.concatenate([flat(x1), x0]), jnp.concatenate([w, w]),
+    d3 = projection(jnp.concatenate([flat(x1), x0]), jnp.concatenate([w, w]),
                          jnp.concatenate([off, off]))
     d1, d2 = d3[:b].reshape(x.shape), d3[b:].reshape(x.shape)
-    a0 = jnp.maximum(jnp.max(jnp.abs(d3), 1), 1e-8)
+    a0 = jnp.maximum(dist_fn(d3), 1e-8)
     a1, a2 = a0[:b], a0[b:]
     alpha = per_example(jnp.clip(a1 / (a1 + a2), 0.0, alpha_max), x)
     x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x + d2 * eta) * alpha, 0.0, 1.0)
     is_adv = predict(logits_fn, x1) != y
-    dist = linf_norm(x1 - x)
+    dist = dist_fn(x1 - x)
     better = is_adv & (dist < best)
     adv = jnp.where(per_example(better, x), x1, adv)
     best = jnp.where(better, dist, best)
@@ -134,7 +168,7 @@ def fab_targeted_single_run(logits_fn: LogitsFn, x, y, target, keys, *, eps,
 def fab_targeted_run(logits_fn: LogitsFn, x, y, run, *, eps, key, n_iter: int = 100,
                      n_restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
                      beta: float = 0.9, active=None, example_ids=None,
-                     early_stop: bool = False, clean_logits=None,
+                     early_stop: bool = False, clean_logits=None, norm: str = 'Linf',
                      ops: AttackOps = DEFAULT_OPS):
   """Run number ``run`` (may be traced) of FAB-T: ``(x_candidate, robust)``.
 
@@ -149,10 +183,10 @@ def fab_targeted_run(logits_fn: LogitsFn, x, y, run, *, eps, key, n_iter: int = 
   keys = run_keys(key, x.shape[0], example_ids, run)
   adv, found = fab_targeted_single_run(
       logits_fn, x, y, target, keys, eps=eps, n_iter=n_iter, alpha_max=alpha_max,
-      eta=eta, beta=beta, active=active, early_stop=early_stop, ops=ops,
+      eta=eta, beta=beta, active=active, early_stop=early_stop, norm=norm, ops=ops,
       rand_start=(run % n_restarts) > 0 if n_restarts > 1 else False)
   adv = jnp.where(per_example(found, x), adv, x)
-  robust = (predict(logits_fn, adv) == y) | (linf_norm(x - adv) > eps)
+  robust = (predict(logits_fn, adv) == y) | (_norm_fn(norm)(x - adv) > eps)
   return adv, robust
 
 
@@ -160,8 +194,8 @@ def fab_targeted_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_iter: int = 10
                         n_restarts: int = 1, n_target_classes: int = 9,
                         alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
                         mask=None, example_ids=None, early_stop: bool = False,
-                        ops: AttackOps = DEFAULT_OPS):
-  """FAB-T, Linf: the reference's ``FABAttack.perturb`` with ``targeted=True``.
+                        norm: str = 'Linf', ops: AttackOps = DEFAULT_OPS):
+  """FAB-T, Linf or L2: the reference's ``FABAttack.perturb`` with ``targeted=True``.
 
   For each target rank 2..n_target_classes+1 and restart, attacks the points still
   robust; a result counts when it is misclassified and within ``eps``. Returns ``x_adv``
@@ -174,7 +208,7 @@ def fab_targeted_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_iter: int = 10
     return fab_targeted_run(logits_fn, x, y, r, eps=eps, key=key, n_iter=n_iter,
                             n_restarts=n_restarts, alpha_max=alpha_max, eta=eta, beta=beta,
                             active=active, example_ids=example_ids, early_stop=early_stop,
-                            clean_logits=clean_logits, ops=ops)
+                            clean_logits=clean_logits, norm=norm, ops=ops)
 
   x_adv, _ = run_until_fooled(x, robust0, n_target_classes * n_restarts, run)
   return x_adv

@@ -1,9 +1,11 @@
-"""Square Attack (Andriushchenko et al., 2020), Linf, score-based: as AutoAttack runs it.
+"""Square Attack (Andriushchenko et al., 2020), Linf and L2, score-based: as AutoAttack
+runs it.
 
-A JAX port of the reference's ``SquareAttack`` (Linf, margin loss): start from vertical
+A JAX port of the reference's ``SquareAttack`` (margin loss). Linf: start from vertical
 stripes of +-eps, then per query paint one random square (side from the ``p`` schedule)
-with a random +-2 eps per channel, project, and keep it if the margin dropped or the
-point became misclassified. Queries stop once every point is misclassified.
+with a random +-2 eps per channel and project. L2: the reference's windows
+(``square_l2``). A proposal is kept if the margin dropped or the point became
+misclassified; queries stop once every point is misclassified.
 
 Deviation: the reference draws one square position and one sign vector per iteration
 for the whole batch; here each example draws its own (from ``fold_in(key, id)``), which
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sglr_jax.attacks import losses
+from sglr_jax.attacks import losses, square_l2
 from sglr_jax.attacks.common import (DEFAULT_OPS, AttackOps, LogitsFn, fold_keys, initial,
                                      per_example, predict, project, run_keys,
                                      run_until_fooled)
@@ -52,6 +54,13 @@ def square_sizes(height: int, width: int, n_queries: int = 5000, p_init: float =
   return np.asarray(sizes, np.int32)
 
 
+def l2_sizes(height: int, width: int, n_queries: int = 5000, p_init: float = 0.8,
+             rescale_schedule: bool = False) -> np.ndarray:
+  """L2 window side per query ``[n_queries]`` (``square_l2.window_sizes``)."""
+  ps = [p_selection(it, n_queries, p_init, rescale_schedule) for it in range(n_queries)]
+  return square_l2.window_sizes(height, width, ps)
+
+
 def _margin(logits_fn, x, y):
   """True logit minus the largest other (> 0: still correct): the reference's margin loss."""
   return -losses.margin(logits_fn(x), y)
@@ -64,26 +73,30 @@ class SquareState(NamedTuple):
   loss_min: jax.Array     # [B] (the margin loss)
 
 
-def square_init(logits_fn: LogitsFn, x, y, keys, *, eps, n_queries: int = 5000):
-  """The start: vertical stripes of +-eps (per example, column and channel)."""
+def square_init(logits_fn: LogitsFn, x, y, keys, *, eps, n_queries: int = 5000,
+                norm: str = 'Linf'):
+  """The start: vertical stripes of +-eps (per example, column and channel); L2: the
+  reference's ``eta`` tiles scaled to norm ``eps``."""
   _, _, w, c = x.shape
   k_init = fold_keys(keys, n_queries)  # queries use 0 .. n_queries - 1
-  stripes = jax.vmap(lambda k: jax.random.rademacher(k, (1, w, c), jnp.float32))(k_init)
-  x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
+  if norm == 'L2':
+    x_best = square_l2.l2_start(x, k_init, eps)
+  else:
+    stripes = jax.vmap(lambda k: jax.random.rademacher(k, (1, w, c), jnp.float32))(k_init)
+    x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
   margin = _margin(logits_fn, x_best, y)
   return SquareState(x_best, margin, margin)
 
 
 def square_queries(logits_fn: LogitsFn, x, y, state: SquareState, keys, active, *, eps,
                    start=0, stop=None, n_queries: int = 5000, p_init: float = 0.8,
-                   rescale_schedule: bool = False) -> SquareState:
+                   rescale_schedule: bool = False, norm: str = 'Linf') -> SquareState:
   """Queries ``start`` (may be traced) up to ``stop`` (default ``n_queries``) on the points
   of ``active`` still correctly classified; ends early once none is."""
-  b, h, w, c = x.shape
+  _, h, w, _ = x.shape
   sizes = jnp.asarray(square_sizes(h, w, n_queries, p_init, rescale_schedule))
+  sizes_l2 = l2_sizes(h, w, n_queries, p_init, rescale_schedule) if norm == 'L2' else None
   stop = n_queries if stop is None else jnp.minimum(stop, n_queries)
-  rows = jnp.arange(h)[None, :, None, None]
-  cols = jnp.arange(w)[None, None, :, None]
 
   def cond(s):
     it, st = s
@@ -92,16 +105,10 @@ def square_queries(logits_fn: LogitsFn, x, y, state: SquareState, keys, active, 
   def body(s):
     it, (x_best, margin_min, loss_min) = s
     todo = active & (margin_min > 0)
-    size = sizes[it]
-    k3 = jax.vmap(lambda k: jax.random.split(k, 3))(fold_keys(keys, it))
-    # the reference's random_int(0, h - s): floor(U * (h - s)), never h - s itself
-    vh = jnp.floor((h - size) * jax.vmap(jax.random.uniform)(k3[:, 0])).astype(jnp.int32)
-    vw = jnp.floor((w - size) * jax.vmap(jax.random.uniform)(k3[:, 1])).astype(jnp.int32)
-    sign = jax.vmap(lambda k: jax.random.rademacher(k, (1, 1, c), jnp.float32))(k3[:, 2])
-    vh, vw = per_example(vh, x), per_example(vw, x)
-    window = (rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size)
-    x_new = x_best + window.astype(x.dtype) * (2.0 * eps) * sign
-    x_new = project(x_new, x, eps)
+    if norm == 'L2':
+      x_new = square_l2.l2_proposal(x, x_best, it, fold_keys(keys, it), eps, sizes_l2)
+    else:
+      x_new = _linf_proposal(x, x_best, it, keys, eps, sizes[it])
     margin = _margin(logits_fn, x_new, y)
     loss = margin
     improved = loss < loss_min
@@ -115,21 +122,37 @@ def square_queries(logits_fn: LogitsFn, x, y, state: SquareState, keys, active, 
   return state
 
 
+def _linf_proposal(x, x_best, it, keys, eps, size):
+  """One Linf query's candidates: a square of +-2 eps per channel, projected."""
+  _, h, w, c = x.shape
+  rows = jnp.arange(h)[None, :, None, None]
+  cols = jnp.arange(w)[None, None, :, None]
+  k3 = jax.vmap(lambda k: jax.random.split(k, 3))(fold_keys(keys, it))
+  # the reference's random_int(0, h - s): floor(U * (h - s)), never h - s itself
+  vh = jnp.floor((h - size) * jax.vmap(jax.random.uniform)(k3[:, 0])).astype(jnp.int32)
+  vw = jnp.floor((w - size) * jax.vmap(jax.random.uniform)(k3[:, 1])).astype(jnp.int32)
+  sign = jax.vmap(lambda k: jax.random.rademacher(k, (1, 1, c), jnp.float32))(k3[:, 2])
+  vh, vw = per_example(vh, x), per_example(vw, x)
+  window = (rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size)
+  return project(x_best + window.astype(x.dtype) * (2.0 * eps) * sign, x, eps)
+
+
 def square_single_run(logits_fn: LogitsFn, x, y, keys, active, *, eps,
                       n_queries: int = 5000, p_init: float = 0.8,
-                      rescale_schedule: bool = False):
+                      rescale_schedule: bool = False, norm: str = 'Linf'):
   """One Square run on the points in ``active``; returns the best point per example."""
-  state = square_init(logits_fn, x, y, keys, eps=eps, n_queries=n_queries)
+  state = square_init(logits_fn, x, y, keys, eps=eps, n_queries=n_queries, norm=norm)
   state = square_queries(logits_fn, x, y, state, keys, active, eps=eps,
                          n_queries=n_queries, p_init=p_init,
-                         rescale_schedule=rescale_schedule)
+                         rescale_schedule=rescale_schedule, norm=norm)
   return state.x_best
 
 
 def square_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_queries: int = 5000,
                   p_init: float = 0.8, n_restarts: int = 1, rescale_schedule: bool = False,
-                  mask=None, example_ids=None, ops: AttackOps = DEFAULT_OPS):
-  """Square Attack, Linf, margin loss: the reference's ``SquareAttack.perturb``.
+                  mask=None, example_ids=None, norm: str = 'Linf',
+                  ops: AttackOps = DEFAULT_OPS):
+  """Square Attack, Linf or L2, margin loss: the reference's ``SquareAttack.perturb``.
 
   AutoAttack's setting is the default (``p_init=0.8``, 5,000 queries, no rescaling).
   Returns ``x_adv`` (``x`` where no query succeeded). ``ops`` is taken for the attacks'
@@ -142,7 +165,7 @@ def square_attack(logits_fn: LogitsFn, x, y, *, eps, key, n_queries: int = 5000,
     # only the points still robust are attacked, as in the reference
     x_best = square_single_run(
         logits_fn, x, y, run_keys(key, x.shape[0], example_ids, r), robust, eps=eps,
-        n_queries=n_queries, p_init=p_init, rescale_schedule=rescale_schedule)
+        n_queries=n_queries, p_init=p_init, rescale_schedule=rescale_schedule, norm=norm)
     return x_best, predict(logits_fn, x_best) == y
 
   x_adv, _ = run_until_fooled(x, robust0, n_restarts, run)

@@ -53,9 +53,11 @@ def get_config():
   c.attack.eps = 8 / 255  # Linf radius, in [0, 1] pixel units
   c.attack.step_size = 2 / 255  # PGD step
   c.attack.steps = 10  # PGD iterations
+  c.attack.norm = 'Linf'  # threat model: 'Linf' (sign steps) or 'L2' (normalised-gradient steps)
 
   c.eval = ml_collections.ConfigDict()  # test evaluation (every epoch and --mode=eval)
-  c.eval.eps = 8 / 255  # Linf radius of the test attacks
+  c.eval.eps = 8 / 255  # radius of the test attacks (in eval.norm)
+  c.eval.norm = 'Linf'  # threat model of PGD-20, AutoAttack and transfer: 'Linf' or 'L2'
   c.eval.step_size = 2 / 255  # PGD-20 step
   c.eval.steps = 20  # PGD steps of the per-epoch robust accuracy (PGD-20)
   c.eval.batch_size = 500  # evaluation batch (padded, masked)

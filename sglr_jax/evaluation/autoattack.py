@@ -1,5 +1,13 @@
-"""AutoAttack accuracy of a checkpoint: the standard ensemble on the first test points."""
+"""AutoAttack accuracy of a checkpoint: the standard ensemble on the first test points.
+
+With a workdir, each checkpoint's run is resumable (``WORKDIR/eval_state/<kind>.npz``,
+removed once the run is complete) and its adversarial examples are written to
+``WORKDIR/adversarial/<kind>.npz``.
+"""
 from __future__ import annotations
+
+import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -19,22 +27,47 @@ class AutoAttack:
   """
 
   def __init__(self, model, mesh, images, labels, *, eps: float, key, batch_size: int,
-               examples: int, budget: str, ops: AttackOps = DEFAULT_OPS,
-               progress: bool = True):
+               examples: int, budget: str, norm: str = 'Linf',
+               ops: AttackOps = DEFAULT_OPS, progress: bool = True, workdir: str = ''):
     self.model_fn = lambda variables, z: model.apply(variables, z, train=False)
     self.n = min(len(labels), examples or len(labels))
     self.images, self.labels = images, labels
     self.eps, self.key, self.batch_size = eps, key, batch_size
-    self.config = autoattack.BUDGETS[budget]
+    self.config = dataclasses.replace(autoattack.BUDGETS[budget], norm=norm)
     self.sharding = mesh_lib.batch_sharding(mesh) if jax.process_count() == 1 else None
-    self.ops, self.progress = ops, progress
+    self.ops, self.progress, self.workdir = ops, progress, workdir
 
-  def run(self, variables) -> dict:
+  def run(self, variables, kind: str = '') -> dict:
+    """The metrics of one checkpoint; ``kind`` ('best', 'final') names its files."""
     n = self.n
+    x, y = self.images[:n].astype(np.float32) / 255.0, self.labels[:n]
+    state = None  # one process keeps the state (every process attacks all the points)
+    if self.workdir and kind and jax.process_index() == 0:
+      state = os.path.join(self.workdir, 'eval_state', f'{kind}.npz')
     res = autoattack.run_autoattack(
-        self.model_fn, self.images[:n].astype(np.float32) / 255.0, self.labels[:n], self.eps,
-        variables=variables, key=self.key, batch_size=self.batch_size, progress=self.progress,
-        config=self.config, sharding=self.sharding, ops=self.ops)
+        self.model_fn, x, y, self.eps, variables=variables, key=self.key,
+        batch_size=self.batch_size, progress=self.progress, config=self.config,
+        sharding=self.sharding, ops=self.ops, state_path=state)
+    if state is not None:
+      self.write_examples(variables, kind, x, res)
+      os.remove(state)
     return {'autoattack_acc': float(np.mean(res['robust'])),
             'autoattack_examples': int(n),
-            'autoattack_after': {k: float(v) for k, v in res['robust_acc_after'].items()}}
+            'autoattack_after': {k: float(v) for k, v in res['robust_acc_after'].items()},
+            'autoattack_flags': list(res['flags']),
+            'autoattack_max_perturbation': float(res['max_perturbation']),
+            'autoattack_nan_count': int(res['nan_count'])}
+
+  def write_examples(self, variables, kind: str, x, res) -> str:
+    """``WORKDIR/adversarial/<kind>.npz``: index, x_adv (float32), clean and adversarial
+    predictions, and the attack that broke each point ('' where none did)."""
+    pred = lambda z: autoattack.predict(self.model_fn, z, self.batch_size, self.sharding,
+                                        variables)
+    path = os.path.join(self.workdir, 'adversarial', f'{kind}.npz')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez_compressed(tmp, index=np.arange(len(x)), x_adv=res['x_adv'].astype(np.float32),
+                        clean_pred=pred(x), adv_pred=pred(res['x_adv']),
+                        broken_by=res['broken_by'].astype(str))
+    os.replace(tmp, path)
+    return path

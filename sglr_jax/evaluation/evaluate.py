@@ -31,7 +31,8 @@ class Suite:
   starts, so their difference is the model's, not the attack's.
   """
 
-  def __init__(self, exp, suite, transfer_source=None, progress: bool = True):
+  def __init__(self, exp, suite, transfer_source=None, progress: bool = True,
+               workdir: str = ''):
     ev = exp.eval
     self.suite = tuple(suite)
     self.x, self.y = eval_points(exp.ds, ev.num_examples)
@@ -40,21 +41,26 @@ class Suite:
     if {'natural', 'pgd20', 'ece'} & set(self.suite):
       self.natural_pgd = natural_pgd.NaturalPGD(
           exp.model, exp.mesh, self.x, self.y, eps=ev.eps, step_size=ev.step_size,
-          steps=ev.steps, batch_size=ev.batch_size, key=key, ops=exp.attack_ops)
+          steps=ev.steps, batch_size=ev.batch_size, key=key, norm=ev.norm,
+          ops=exp.attack_ops)
     if 'autoattack' in self.suite:
       self.autoattack = autoattack.AutoAttack(
           exp.model, exp.mesh, self.x, self.y, eps=ev.eps, key=key, batch_size=ev.batch_size,
-          examples=ev.autoattack_examples, budget=ev.autoattack_budget, ops=exp.attack_ops,
-          progress=progress)
+          examples=ev.autoattack_examples, budget=ev.autoattack_budget, norm=ev.norm,
+          ops=exp.attack_ops, progress=progress, workdir=workdir)
     if 'transfer' in self.suite and transfer_source is not None:
       source_model, source_variables = transfer_source
       self.transfer = transfer.Transfer(
           exp.model, source_model, source_variables, self.x, self.y, eps=ev.eps,
           step_size=ev.step_size, steps=ev.steps, batch_size=ev.batch_size, key=key,
-          ops=exp.attack_ops)
+          norm=ev.norm, ops=exp.attack_ops)
 
-  def run(self, variables) -> dict:
-    """The suite's metrics of one set of variables; accuracies are fractions."""
+  kind = ''  # the checkpoint being evaluated ('best', 'final'): names AutoAttack's files
+
+  def run(self, variables, kind: str = '') -> dict:
+    """The suite's metrics of one set of variables; accuracies are fractions. ``kind``
+    (default ``self.kind``) names AutoAttack's state and adversarial-example files."""
+    kind = kind or self.kind
     out = {'num_examples': int(len(self.y))}
     if self.natural_pgd is not None:
       clean, adv = self.natural_pgd.logits(variables)  # [M, K] each
@@ -65,7 +71,7 @@ class Suite:
       if 'ece' in self.suite:
         out.update(calibration.run(clean, adv, self.y))
     if self.autoattack is not None:
-      out.update(self.autoattack.run(variables))
+      out.update(self.autoattack.run(variables, kind))
     if self.transfer is not None:
       out.update(self.transfer.run(variables))
     return out
@@ -89,19 +95,22 @@ def evaluate(config, workdir: str, progress: bool = True) -> dict:
   ev = exp.eval
   suite = tuple(ev.suite)
   source = transfer_source(ev.transfer_from) if 'transfer' in suite else None
-  evaluators = Suite(exp, suite, source, progress)
+  evaluators = Suite(exp, suite, source, progress, workdir)
   results = {}
   for kind in KINDS:
     state, epoch = experiment.restore(exp, workdir, kind)
     if kind == 'final' and results['best']['epoch'] == int(epoch):
       results[kind] = dict(results['best'])  # the same checkpoint: evaluated once
       continue
+    evaluators.kind = kind
     r = evaluators.run(experiment.variables_of(state))
     r['epoch'] = int(epoch)
     results[kind] = r
   results['diff'] = results_lib.diff(results['best'], results['final'])
   results['eval_config'] = {'eps': ev.eps, 'step_size': ev.step_size, 'steps': ev.steps,
                             'suite': list(suite), 'autoattack_budget': ev.autoattack_budget}
+  if ev.norm != 'Linf':
+    results['eval_config']['norm'] = ev.norm
   if jax.process_index() == 0:
     results_lib.write(workdir, results)
   return results

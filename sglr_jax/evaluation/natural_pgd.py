@@ -14,9 +14,9 @@ class NaturalPGD:
   """
 
   def __init__(self, model, mesh, images, labels, *, eps: float, step_size: float, steps: int,
-               batch_size: int, key, ops: AttackOps = DEFAULT_OPS):
+               batch_size: int, key, norm: str = 'Linf', ops: AttackOps = DEFAULT_OPS):
     self.eval_step = predict.make_eval_step(model, mesh, eps=eps, step_size=step_size,
-                                            steps=steps, ops=ops)
+                                            steps=steps, norm=norm, ops=ops)
     self.mesh, self.images, self.labels = mesh, images, labels
     self.batch_size, self.key = batch_size, key
 

@@ -18,9 +18,9 @@ from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps, example_keys
 
 
 def make_eval_step(model, mesh, *, eps: float, step_size: float, steps: int,
-                   ops: AttackOps = DEFAULT_OPS):
+                   norm: str = 'Linf', ops: AttackOps = DEFAULT_OPS):
   """``(variables, batch, key) -> (clean logits, adversarial logits)``, both ``[B, K]``
-  sharded like the batch. PGD (CE, random start) runs with ``steps > 0``."""
+  sharded like the batch. PGD (CE, random start, ``norm`` ball) runs with ``steps > 0``."""
 
   def step(variables, batch, key):
     x = batch['image'].astype(jnp.float32) / 255.0  # uint8 -> [0, 1], [b, H, W, C]
@@ -30,7 +30,7 @@ def make_eval_step(model, mesh, *, eps: float, step_size: float, steps: int,
       return clean, clean
     keys = example_keys(key, batch['index'])
     x_adv = pgd.pgd_attack(logits_fn, x, batch['label'], eps=eps, step_size=step_size,
-                           steps=steps, key=keys, ops=ops)
+                           steps=steps, key=keys, norm=norm, ops=ops)
     return clean, logits_fn(x_adv)
 
   mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(mesh_lib.AXIS), P()),

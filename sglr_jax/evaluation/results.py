@@ -7,10 +7,11 @@ them. Reading is tolerant (``number``): results.json may come from older code.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Iterable, Sequence
+
+from sglr_jax import strict_json
 
 # results.json key -> label, in table order.
 METRIC_LABELS = {'natural_acc': 'Natural', 'pgd20_acc': 'PGD-20', 'autoattack_acc': 'AutoAttack',
@@ -40,12 +41,32 @@ def markdown_table(results: dict, title: str = '') -> str:
   return '\n'.join(lines) + '\n'
 
 
+def autoattack_breakdown(results: dict) -> str:
+  """Markdown: robust accuracy after each attack of the ensemble (best and final), and
+  the sanity checks' flags; '' when AutoAttack did not run."""
+  best, final = results['best'], results['final']
+  after_b, after_f = best.get('autoattack_after') or {}, final.get('autoattack_after') or {}
+  if not after_b and not after_f:
+    return ''
+  lines = ['', '#### AutoAttack: robust accuracy after each attack', '',
+           '| Attack | Best | Final |', '|---|---|---|']
+  for name in list(dict.fromkeys(list(after_b) + list(after_f))):
+    lines.append(f'| {name} | {fmt(percent(number(after_b.get(name))))} '
+                 f'| {fmt(percent(number(after_f.get(name))))} |')
+  flags = [f'- flag ({kind}): {f.get("check")}: {f.get("message")}'
+           for kind, r in (('best', best), ('final', final))
+           for f in r.get('autoattack_flags') or ()]
+  lines += [''] + flags if flags else []
+  return '\n'.join(lines) + '\n'
+
+
 def write(workdir: str, results: dict) -> None:
-  """``results.json`` and ``results.md`` (titled with the workdir's name) in ``workdir``."""
+  """``results.json`` (strict JSON) and ``results.md`` (titled with the workdir's name)."""
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
+    f.write(strict_json.dumps(results, indent=2))
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(markdown_table(results, title=os.path.basename(os.path.normpath(workdir))))
+    f.write(markdown_table(results, title=os.path.basename(os.path.normpath(workdir)))
+            + autoattack_breakdown(results))
 
 
 def number(x: Any) -> float | None:

@@ -16,11 +16,12 @@ class Transfer:
   """
 
   def __init__(self, model, source_model, source_variables, images, labels, *, eps: float,
-               step_size: float, steps: int, batch_size: int, key,
+               step_size: float, steps: int, batch_size: int, key, norm: str = 'Linf',
                ops: AttackOps = DEFAULT_OPS):
     src_fn = lambda z: source_model.apply(source_variables, z, train=False)
     self.attack = jax.jit(lambda xb, yb, kb: pgd.pgd_attack(
-        src_fn, xb, yb, eps=eps, step_size=step_size, steps=steps, key=kb, ops=ops))
+        src_fn, xb, yb, eps=eps, step_size=step_size, steps=steps, key=kb, norm=norm,
+        ops=ops))
     self.model, self.images, self.labels = model, images, labels
     self.batch_size, self.key = batch_size, key
 

@@ -13,21 +13,24 @@ Every model takes ``train: bool``: BatchNorm uses batch statistics (and, when
 in training mode and running statistics in inference mode (the attacks). Every model
 takes its convolution module as ``conv`` (``nn.Conv`` by default; the small CNN also
 its max-pool as ``pool``), so a platform can swap in faster-differentiating versions
-without this package knowing about platforms.
+without this package knowing about platforms. Every model takes ``dtype``, the compute
+dtype of its convolutions and matmuls (``COMPUTE_DTYPES``; ``layers`` says what stays
+float32).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from sglr_jax.models.preact_resnet import PreActResNet
 from sglr_jax.models.resnet import ResNet
 from sglr_jax.models.small_cnn import SmallCNN
 from sglr_jax.models.wide_resnet import WideResNet, stage_sizes as wrn_stage_sizes
 
-__all__ = ['create_model', 'check_model', 'MODEL_NAMES', 'GENERIC', 'SmallCNN', 'ResNet',
-           'PreActResNet', 'WideResNet']
+__all__ = ['create_model', 'check_model', 'compute_dtype', 'MODEL_NAMES', 'GENERIC',
+           'COMPUTE_DTYPES', 'SmallCNN', 'ResNet', 'PreActResNet', 'WideResNet']
 
 GENERIC = {'resnet18': 'resnet', 'resnet34': 'resnet', 'resnet50': 'resnet_bottleneck',
            'preact_resnet18': 'preact_resnet', 'wrn34_10': 'wide_resnet'}
@@ -38,6 +41,15 @@ _OWN_STAGES = {'resnet18': (2, 2, 2, 2), 'resnet34': (3, 4, 6, 3), 'resnet50': (
                'preact_resnet': (2, 2, 2, 2), 'wide_resnet': (5, 5, 5)}
 
 MODEL_NAMES = ('small_cnn',) + tuple(_OWN_STAGES)
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The jnp dtype for a compute-dtype name (ValueError, one line, if unknown)."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'model.compute_dtype={name!r} is unknown; allowed: '
+                     f'{", ".join(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
 
 
 def _stages(generic: str, depth: Sequence[int]) -> tuple[int, ...]:
@@ -108,10 +120,13 @@ def create_model(name: str, num_classes: int, width: int = 0,
       ``width=1, depth=(10,)`` is a tiny WRN-10-1.
     * ``small_cnn``: ``width`` scales the conv features (32 -> the default); its layers
       are ``features=`` (and ``dense=``), not ``depth``.
-  ``kwargs`` go to the model: ``conv=`` (every model), ``pool=``, ``dense=``,
-  ``features=`` (small_cnn). Raises ValueError as ``check_model`` does.
+  ``kwargs`` go to the model: ``conv=`` and ``dtype=`` (every model; ``dtype`` a jnp
+  dtype or a ``COMPUTE_DTYPES`` name), ``pool=``, ``dense=``, ``features=`` (small_cnn).
+  Raises ValueError as ``check_model`` does.
   """
   check_model(name, width, depth, kwargs.get('dense', 0), kwargs.get('features', ()))
+  if isinstance(kwargs.get('dtype'), str):
+    kwargs['dtype'] = compute_dtype(kwargs['dtype'])
   if name == 'small_cnn':
     if width:
       kwargs['features'] = tuple(int(f * width / 32) for f in SmallCNN.features)

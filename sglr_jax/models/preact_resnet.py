@@ -6,7 +6,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sglr_jax.models.layers import Block, Classifier, batch_norm, block_strides
+from sglr_jax.models.layers import (Block, Classifier, batch_norm, block_strides,
+                                     computing_in, float32_logits)
 
 
 class PreActBlock(Block):
@@ -18,15 +19,16 @@ class PreActBlock(Block):
 
   @nn.compact
   def __call__(self, x):
+    conv = computing_in(self.conv, self.dtype)
     out = nn.relu(self.norm(name='bn1')(x))
     shortcut = x
     if x.shape[-1] != self.features or self.strides != 1:
-      shortcut = self.conv(self.features, (1, 1), self.strides, use_bias=False,
+      shortcut = conv(self.features, (1, 1), self.strides, use_bias=False,
                            name='shortcut')(out)
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
+    y = conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
                   name='conv1')(out)
     y = nn.relu(self.norm(name='bn2')(y))
-    y = self.conv(self.features, (3, 3), 1, padding=1, use_bias=False, name='conv2')(y)
+    y = conv(self.features, (3, 3), 1, padding=1, use_bias=False, name='conv2')(y)
     return y + shortcut
 
 
@@ -41,11 +43,13 @@ class PreActResNet(Classifier):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(train, self.bn_axis_name)
-    x = self.conv(self.width, (3, 3), padding=1, use_bias=False, name='conv1')(x)
+    norm = batch_norm(train, self.bn_axis_name, self.dtype)
+    conv = computing_in(self.conv, self.dtype)
+    x = conv(self.width, (3, 3), padding=1, use_bias=False, name='conv1')(x)
     for i, j, strides in block_strides(self.stage_sizes):
-      x = PreActBlock(self.width * 2**i, strides, norm, conv=self.conv,
+      x = PreActBlock(self.width * 2**i, strides, norm, conv=self.conv, dtype=self.dtype,
                       name=f'layer{i + 1}_{j}')(x)
     x = nn.relu(norm(name='bn')(x))
     x = jnp.mean(x, axis=(1, 2))  # [B, C]
-    return nn.Dense(self.num_classes, name='linear')(x)
+    dense = computing_in(nn.Dense, self.dtype)
+    return float32_logits(dense(self.num_classes, name='linear')(x))

@@ -6,7 +6,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sglr_jax.models.layers import Block, Classifier, batch_norm, block_strides
+from sglr_jax.models.layers import (Block, Classifier, batch_norm, block_strides,
+                                     computing_in, float32_logits)
 
 
 class BasicBlock(Block):
@@ -14,12 +15,13 @@ class BasicBlock(Block):
 
   @nn.compact
   def __call__(self, x):
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(x)
+    conv = computing_in(self.conv, self.dtype)
+    y = conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(x)
     y = nn.relu(self.norm()(y))
-    y = self.conv(self.features, (3, 3), 1, padding=1, use_bias=False)(y)
+    y = conv(self.features, (3, 3), 1, padding=1, use_bias=False)(y)
     y = self.norm()(y)
     if x.shape[-1] != self.features or self.strides != 1:
-      x = self.conv(self.features, (1, 1), self.strides, use_bias=False)(x)
+      x = conv(self.features, (1, 1), self.strides, use_bias=False)(x)
       x = self.norm()(x)
     return nn.relu(x + y)
 
@@ -29,13 +31,14 @@ class Bottleneck(Block):
 
   @nn.compact
   def __call__(self, x):
+    conv = computing_in(self.conv, self.dtype)
     out = self.features * 4
-    y = nn.relu(self.norm()(self.conv(self.features, (1, 1), use_bias=False)(x)))
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(y)
+    y = nn.relu(self.norm()(conv(self.features, (1, 1), use_bias=False)(x)))
+    y = conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(y)
     y = nn.relu(self.norm()(y))
-    y = self.norm()(self.conv(out, (1, 1), use_bias=False)(y))
+    y = self.norm()(conv(out, (1, 1), use_bias=False)(y))
     if x.shape[-1] != out or self.strides != 1:
-      x = self.norm()(self.conv(out, (1, 1), self.strides, use_bias=False)(x))
+      x = self.norm()(conv(out, (1, 1), self.strides, use_bias=False)(x))
     return nn.relu(x + y)
 
 
@@ -47,11 +50,12 @@ class ResNet(Classifier):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(train, self.bn_axis_name)
+    norm = batch_norm(train, self.bn_axis_name, self.dtype)
+    conv = computing_in(self.conv, self.dtype)
     block_cls = {'basic': BasicBlock, 'bottleneck': Bottleneck}[self.block]
-    x = self.conv(self.width, (3, 3), padding=1, use_bias=False)(x)
+    x = conv(self.width, (3, 3), padding=1, use_bias=False)(x)
     x = nn.relu(norm()(x))
     for i, _, strides in block_strides(self.stage_sizes):
-      x = block_cls(self.width * 2**i, strides, norm, conv=self.conv)(x)
+      x = block_cls(self.width * 2**i, strides, norm, conv=self.conv, dtype=self.dtype)(x)
     x = jnp.mean(x, axis=(1, 2))  # [B, C]
-    return nn.Dense(self.num_classes)(x)
+    return float32_logits(computing_in(nn.Dense, self.dtype)(self.num_classes)(x))

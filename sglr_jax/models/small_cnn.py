@@ -5,7 +5,7 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 
-from sglr_jax.models.layers import Classifier, batch_norm
+from sglr_jax.models.layers import Classifier, batch_norm, computing_in, float32_logits
 
 
 class SmallCNN(Classifier):
@@ -26,13 +26,14 @@ class SmallCNN(Classifier):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(train, self.bn_axis_name)
+    norm = batch_norm(train, self.bn_axis_name, self.dtype)
+    conv, dense = computing_in(self.conv, self.dtype), computing_in(nn.Dense, self.dtype)
     for f in self.features:
-      x = self.conv(f, (self.kernel, self.kernel), strides=self.strides, padding='SAME',
+      x = conv(f, (self.kernel, self.kernel), strides=self.strides, padding='SAME',
                     use_bias=False)(x)
       x = nn.relu(norm()(x))
       if self.use_pool:
         x = self.pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))  # [B, H*W*C]
-    x = nn.relu(nn.Dense(self.dense)(x))
-    return nn.Dense(self.num_classes)(x)
+    x = nn.relu(dense(self.dense)(x))
+    return float32_logits(dense(self.num_classes)(x))

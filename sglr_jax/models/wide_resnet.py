@@ -7,7 +7,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sglr_jax.models.layers import Block, Classifier, batch_norm, block_strides
+from sglr_jax.models.layers import (Block, Classifier, batch_norm, block_strides,
+                                     computing_in, float32_logits)
 
 # He-normal over fan-out: the conv init of the reference WRN (TRADES, Rice et al.).
 _WRN_CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -23,7 +24,8 @@ class WideBlock(Block):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(self.conv, use_bias=False, kernel_init=_WRN_CONV_INIT)
+    conv = functools.partial(computing_in(self.conv, self.dtype), use_bias=False,
+                             kernel_init=_WRN_CONV_INIT)
     out = nn.relu(self.norm(name='bn1')(x))
     if x.shape[-1] != self.features or self.strides != 1:
       shortcut = conv(self.features, (1, 1), self.strides, name='shortcut')(out)
@@ -50,15 +52,16 @@ class WideResNet(Classifier):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(train, self.bn_axis_name)
-    x = self.conv(16, (3, 3), padding=1, use_bias=False, kernel_init=_WRN_CONV_INIT,
-                  name='conv1')(x)
+    norm = batch_norm(train, self.bn_axis_name, self.dtype)
+    conv = computing_in(self.conv, self.dtype)
+    x = conv(16, (3, 3), padding=1, use_bias=False, kernel_init=_WRN_CONV_INIT, name='conv1')(x)
     for i, j, strides in block_strides(self.stage_sizes):
-      x = WideBlock(16 * self.widen * 2**i, strides, norm, conv=self.conv,
+      x = WideBlock(16 * self.widen * 2**i, strides, norm, conv=self.conv, dtype=self.dtype,
                     name=f'block{i + 1}_{j}')(x)
     x = nn.relu(norm(name='bn1')(x))
     x = jnp.mean(x, axis=(1, 2))  # [B, C]
-    return nn.Dense(self.num_classes, name='fc')(x)
+    dense = computing_in(nn.Dense, self.dtype)
+    return float32_logits(dense(self.num_classes, name='fc')(x))
 
 
 def stage_sizes(depth: Sequence[int]) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ class ObjectiveParams(NamedTuple):
   te_weight: float = 30.0  # TE: final weight of the consistency term
   te_momentum: float = 0.9  # TE: EMA momentum of the prediction table
   te_rampup_epochs: int = 0  # TE: epochs over which the weight ramps up (sigmoid)
+  norm: str = 'Linf'  # the training attack's threat model: 'Linf' or 'L2'
 
 
 class Forward(NamedTuple):
@@ -56,9 +57,9 @@ class Objective(NamedTuple):
 
 
 def pgd_ce_attack(hp: ObjectiveParams, logits_fn, x, labels, keys, ops=DEFAULT_OPS):
-  """Madry et al.'s inner maximisation: PGD on CE from a uniform random start."""
+  """Madry et al.'s inner maximisation: PGD on CE from a random start in the ball."""
   return pgd.pgd_attack(logits_fn, x, labels, eps=hp.eps, step_size=hp.step_size,
-                        steps=hp.steps, key=keys, ops=ops)
+                        steps=hp.steps, key=keys, norm=hp.norm, ops=ops)
 
 
 def one_hot_targets(hp: ObjectiveParams, labels, num_classes: int):

@@ -19,7 +19,8 @@ def attack(hp: base.ObjectiveParams, logits_fn, x, labels, keys, ops=DEFAULT_OPS
   noise = 0.001 * sample_like(jax.random.normal, keys, x)
   kl = lambda adv_logits, clean: losses.kl_divergence(clean, adv_logits)
   return pgd.pgd_attack(logits_fn, x, clean_logits, eps=hp.eps, step_size=hp.step_size,
-                        steps=hp.steps, key=keys, loss_fn=kl, x_init=x + noise, ops=ops)
+                        steps=hp.steps, key=keys, loss_fn=kl, x_init=x + noise,
+                        norm=hp.norm, ops=ops)
 
 
 def forward(hp: base.ObjectiveParams, apply, variables, x, x_adv) -> base.Forward:

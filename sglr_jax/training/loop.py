@@ -11,6 +11,11 @@ the unfinished epoch's per-step metric sums, and returns; the resumed run starts
 inside that epoch (``state.step`` says where) and logs the same history as an
 uninterrupted one. ``train.checkpoint_every_steps`` (if set) also saves ``latest``
 every that many steps, for crashes. See the README, "Several GPUs, a TPU pod, SLURM".
+
+Nothing is written before the config, the data and a resume's checkpoint are checked;
+the run holds the workdir's lock (``sglr_jax.workdir``). A non-finite loss or gradient
+norm stops the run (``NonFiniteError``) before anything of the bad state is saved. A
+run killed at any point after its last epoch's ``latest`` completes ``final`` when re-run.
 """
 from __future__ import annotations
 
@@ -25,11 +30,29 @@ import numpy as np
 from tqdm import tqdm
 
 from sglr_jax import checkpoints, data, distributed, experiment, history, mesh as mesh_lib
+from sglr_jax import workdir as workdir_lib
 from sglr_jax.evaluation import metrics, predict
 from sglr_jax.training import preemption, progress as progress_lib, state as state_lib
 from sglr_jax.training import step as step_lib, summary
 
 Hook = Callable[[int], None]
+
+
+class NonFiniteError(RuntimeError):
+  """A train step produced a non-finite loss or gradient norm (exit status 3)."""
+  exit_status = 3
+
+
+def check_finite(sums: list, epoch: int, first: int) -> None:
+  """Raises ``NonFiniteError`` naming the first step of ``sums`` (host metric dicts of
+  epoch ``epoch``, 0-based, starting at step ``first`` of it) with a non-finite loss or
+  gradient norm."""
+  for i, m in enumerate(sums):
+    if not (np.isfinite(float(m['loss_sum'])) and np.isfinite(float(m['grad_norm']))):
+      raise NonFiniteError(
+          f'non-finite loss or gradient norm at epoch {epoch + 1}, step {first + i + 1}: '
+          'training diverged (likely causes: optim.lr too high, bf16 overflow, bad input '
+          'data); nothing of it was saved, the last checkpoint is the resume point')
 
 
 def write_config(config, workdir: str):
@@ -72,11 +95,10 @@ def train_and_evaluate(config, workdir: str, progress: bool = True,
   ``hooks``: callables called after every train step with the number of steps done
   (before the preemption check of that step), e.g. to report or to act at a chosen step.
   """
-  exp = experiment.build(config)
-  os.makedirs(workdir, exist_ok=True)
-  write_config(config, workdir)
-  distributed.sync_processes('sglr_train_start')
-  return _train(exp, workdir, progress, tuple(hooks))
+  exp = experiment.build(config)  # validates the config, loads the data
+  workdir_lib.check_writable(workdir)
+  with workdir_lib.Lock(workdir):
+    return _train(exp, workdir, progress, tuple(hooks))
 
 
 def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> list[dict]:
@@ -84,19 +106,26 @@ def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> l
   spe, tp, ev = exp.steps_per_epoch, exp.train, exp.eval
   st = experiment.initial_state(exp)
   shardings = mesh_lib.state_shardings(st, exp.mesh, exp.step.table_layout)
-  st, partial_sums, partial_time = progress_lib.resume(workdir, st, shardings, spe)
+  st, partial_sums, partial_time = progress_lib.resume(workdir, st, shardings, spe, tp.epochs)
   done = int(st.epoch)
   step = int(st.step)  # optimizer steps so far; the key of 'latest' checkpoints
+  # The resume was compatible: from here on the workdir is written.
+  write_config(exp.config, workdir)
+  distributed.sync_processes('sglr_train_start')
   if is_main:
     history.truncate_history(workdir, done)
 
   train_step = step_lib.make_train_step(exp.model, exp.step, exp.mesh, st, ops=exp.attack_ops)
   eval_step = predict.make_eval_step(exp.model, exp.mesh, eps=ev.eps, step_size=ev.step_size,
-                                     steps=ev.steps, ops=exp.attack_ops)
+                                     steps=ev.steps, norm=ev.norm, ops=exp.attack_ops)
   fit_step = predict.make_eval_step(exp.model, exp.mesh, eps=0.0, step_size=0.0, steps=0)
   schedule = state_lib.lr_schedule(exp.optim.lr, exp.schedule, spe)
   eval_key = jax.random.PRNGKey(ev.seed)
   every = tp.checkpoint_every_steps
+  if done >= tp.epochs and not checkpoints.committed(workdir, 'final', tp.epochs):
+    # killed after the last epoch's 'latest', before or inside the save of 'final'
+    logging.warning('all %d epochs are done; saving the missing final checkpoint', tp.epochs)
+    checkpoints.save(workdir, 'final', st, tp.epochs)
   with preemption.Preemption() as preempt:
     for epoch in range(done, tp.epochs):
       first = step - epoch * spe  # > 0 only when resuming inside this epoch
@@ -116,6 +145,7 @@ def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> l
         stop = preempt.check(step)  # every step: the multi-process sync protocol needs it
         if step < (epoch + 1) * spe and (stop or (every and step % every == 0)):
           sums = jax.device_get(sums)
+          check_finite(sums, epoch, 0)
           checkpoints.save(workdir, 'latest', st, step,
                            progress_lib.record(epoch, sums, spe, time.time() - t0))
           if stop:
@@ -129,6 +159,7 @@ def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> l
                           step - epoch * spe, spe)
         break
       sums = jax.device_get(sums)
+      check_finite(sums, epoch, 0)
       # Same shardings as before, so the next epoch's step does not recompile.
       st = jax.device_put(st.replace(epoch=st.epoch + 1), shardings)
       record = summary.epoch_record(epoch, sums, float(schedule(epoch * spe)))

@@ -23,10 +23,11 @@ def record(epoch: int, sums: list, steps_per_epoch: int, train_time_s: float) ->
           'metrics': [{k: float(v) for k, v in m.items()} for m in sums]}
 
 
-def resume(workdir: str, state, shardings, steps_per_epoch: int):
+def resume(workdir: str, state, shardings, steps_per_epoch: int, epochs: int = 0):
   """The newest readable ``latest`` checkpoint (or ``state``) and, when it was taken
   inside an epoch, that epoch's saved per-step metrics and train time.
 
+  ``epochs``: the run's epoch count, to say so when all are done.
   Returns ``(state, sums, train_time_s)``.
   """
   spe = steps_per_epoch
@@ -36,7 +37,9 @@ def resume(workdir: str, state, shardings, steps_per_epoch: int):
   state, key, prog = got
   epoch, step = int(state.epoch), int(state.step)
   k = step - epoch * spe
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and epochs and epoch >= epochs and k == 0:
+    logging.warning('checkpoint latest/%d: all %d epochs are done', key, epochs)
+  elif jax.process_index() == 0:
     logging.warning('resuming from checkpoint latest/%d: epoch %d, step %d of %d', key,
                     epoch + 1, k, spe)
   if k == 0:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+NORMS = ('Linf', 'L2')
 STANDARD_ATTACKS = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 ATTACKS = ('apgd-ce', 'apgd-t', 'fab-t', 'square', 'apgd-dlr')  # index = key stream
 
@@ -54,5 +55,5 @@ def check_attack(name: str, cfg: AutoAttackConfig):
   """Raises if the ensemble cannot run attack ``name`` with ``cfg``."""
   if name not in ATTACKS:
     raise ValueError(f'attack {name!r} is unknown; allowed: {", ".join(ATTACKS)}')
-  if name in ('fab-t', 'square') and cfg.norm != 'Linf':
-    raise NotImplementedError(f'{name} is implemented for Linf only, not {cfg.norm}')
+  if cfg.norm not in NORMS:
+    raise ValueError(f'norm={cfg.norm!r}; allowed: {", ".join(NORMS)}')

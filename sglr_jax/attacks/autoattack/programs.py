@@ -60,7 +60,7 @@ def run_fn(name: str, cfg: AutoAttackConfig, ops: AttackOps = DEFAULT_OPS):
                              n_iter=cfg.apgd_t_n_iter, n_restarts=cfg.apgd_t_n_restarts,
                              early_stop=cfg.early_stop, ops=ops)
   if name == 'fab-t':
-    return functools.partial(fab_targeted_run, n_iter=cfg.fab_n_iter,
+    return functools.partial(fab_targeted_run, norm=cfg.norm, n_iter=cfg.fab_n_iter,
                              n_restarts=cfg.fab_n_restarts, alpha_max=cfg.fab_alpha_max,
                              eta=cfg.fab_eta, beta=cfg.fab_beta, early_stop=cfg.early_stop,
                              ops=ops)
@@ -112,7 +112,8 @@ def square_init_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y,
   def program(variables, x, y, example_ids, key, eps):
     logits_fn = functools.partial(model_fn, variables)
     keys = run_keys(key, x.shape[0], example_ids, 0)
-    return square_init(logits_fn, x, y, keys, eps=eps, n_queries=cfg.square_n_queries)
+    return square_init(logits_fn, x, y, keys, eps=eps, n_queries=cfg.square_n_queries,
+                       norm=cfg.norm)
   batched = (False, True, True, True, False, False)
   return _per_device(program, sharding, batched)(variables, x, y, example_ids, key, eps)
 
@@ -127,7 +128,8 @@ def square_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y, stat
     keys = run_keys(key, x.shape[0], example_ids, 0)
     return square_queries(logits_fn, x, y, state, keys, mask, eps=eps, start=start,
                           stop=start + cfg.square_queries_per_call,
-                          n_queries=cfg.square_n_queries, p_init=cfg.square_p_init)
+                          n_queries=cfg.square_n_queries, p_init=cfg.square_p_init,
+                          norm=cfg.norm)
   batched = (False, True, True, True, True, True, False, False, False)
   return _per_device(program, sharding, batched)(variables, x, y, state, mask, example_ids,
                                                  key, eps, start)

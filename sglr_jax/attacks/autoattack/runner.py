@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from sglr_jax.attacks.autoattack import programs
+from sglr_jax.attacks.autoattack import checks, programs, resume
 from sglr_jax.attacks.autoattack.config import (ATTACKS, STANDARD_ATTACKS,
                                                 AutoAttackConfig, check_attack, n_runs)
 from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps, LogitsFn, check_targets
@@ -70,12 +70,19 @@ def predict(logits_fn, x, batch_size: int = 250, sharding=None, variables=None) 
 
 
 def _attack_runs(model_fn, variables, name, cfg, x, y, todo, batch_size, key, eps, bar, put,
-                 ops):
-  """Runs of a run-based attack; returns ``(candidates, fooled indices)``."""
+                 ops, saved=None, boundary=None):
+  """Runs of a run-based attack; returns ``(candidates, fooled indices)``. ``saved``:
+  ``{'step': next run, 'arrays': {cand, robust}}`` to continue from; ``boundary(step,
+  arrays)`` is called after every run."""
   cand = x.copy()
   robust = np.zeros(len(x), bool)
   robust[todo] = True
-  for r in range(n_runs(name, cfg)):
+  r0 = 0
+  if saved is not None:
+    cand, robust, r0 = saved['arrays']['cand'].copy(), saved['arrays']['robust'].copy(), \
+        saved['step']
+    bar.update(r0)
+  for r in range(r0, n_runs(name, cfg)):
     left = np.flatnonzero(robust)
     if not len(left):
       break
@@ -87,13 +94,16 @@ def _attack_runs(model_fn, variables, name, cfg, x, y, todo, batch_size, key, ep
       robust[real[fooled]] = False
     bar.update(1)
     bar.set_postfix(attacked=len(left), left=int(robust.sum()))
+    if boundary is not None:
+      boundary(r + 1, dict(cand=cand, robust=robust))
   idx = todo[~robust[todo]]
   return cand[idx], idx
 
 
 def _attack_square(model_fn, variables, cfg, x, y, todo, batch_size, key, eps, bar, put,
-                   ops):
-  """Square with the still-correct points regathered every few queries."""
+                   ops, saved=None, boundary=None):
+  """Square with the still-correct points regathered every few queries; ``saved`` and
+  ``boundary`` as in ``_attack_runs``, per slice of queries."""
   del ops  # Square differentiates nothing
   x_best = x.copy()
   margin = np.zeros(len(x), np.float32)
@@ -101,9 +111,15 @@ def _attack_square(model_fn, variables, cfg, x, y, todo, batch_size, key, eps, b
   init = lambda p, _: programs.square_init_batch(
       model_fn, cfg, variables, *put(x[p], y[p], p.astype(np.int32)), key, eps,
       sharding=put.sharding)
-  for real, st in map_batches(init, todo, batch_size):
-    x_best[real], margin[real], loss[real] = st
-  for start in range(0, cfg.square_n_queries, cfg.square_queries_per_call):
+  first = 0
+  if saved is not None:
+    a = saved['arrays']
+    x_best, margin, loss, first = (a['x_best'].copy(), a['margin'].copy(), a['loss'].copy(),
+                                   saved['step'])
+  else:
+    for real, st in map_batches(init, todo, batch_size):
+      x_best[real], margin[real], loss[real] = st
+  for start in range(first, cfg.square_n_queries, cfg.square_queries_per_call):
     left = todo[margin[todo] > 0]
     if not len(left):
       break
@@ -117,15 +133,22 @@ def _attack_square(model_fn, variables, cfg, x, y, todo, batch_size, key, eps, b
       x_best[real], margin[real], loss[real] = st
     bar.update(1)
     bar.set_postfix(queries=start + cfg.square_queries_per_call, left=len(left))
+    if boundary is not None:
+      boundary(start + cfg.square_queries_per_call,
+               dict(x_best=x_best, margin=margin, loss=loss))
   return x_best[todo], todo
+
+
+def num_classes(model_fn, variables, example_shape) -> int:
+  return int(jax.eval_shape(model_fn, variables, jax.ShapeDtypeStruct(
+      (1,) + tuple(example_shape), jnp.float32)).shape[-1])
 
 
 def _check_targets(model_fn, variables, cfg, attacks, example_shape):
   """The targeted attacks' target counts against the model's number of classes."""
   if not any(a in attacks for a in ('apgd-t', 'fab-t')):
     return
-  k = int(jax.eval_shape(model_fn, variables, jax.ShapeDtypeStruct(
-      (1,) + tuple(example_shape), jnp.float32)).shape[-1])
+  k = num_classes(model_fn, variables, example_shape)
   if 'apgd-t' in attacks:
     check_targets(k, cfg.apgd_t_n_target_classes, dlr=True)
   if 'fab-t' in attacks:
@@ -135,7 +158,9 @@ def _check_targets(model_fn, variables, cfg, attacks, example_shape):
 def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: int = 250,
                    attacks: Sequence[str] = STANDARD_ATTACKS,
                    config: Optional[AutoAttackConfig] = None, progress: bool = True,
-                   sharding=None, variables=None, ops: AttackOps = DEFAULT_OPS) -> dict:
+                   sharding=None, variables=None, ops: AttackOps = DEFAULT_OPS,
+                   sanity_checks: bool = True, state_path: Optional[str] = None,
+                   state_every_s: float = 60.0, hook=None) -> dict:
   """Runs the ensemble on ``x [N, H, W, C]`` (float in [0, 1]) with labels ``y [N]``.
 
   ``sharding``: where each padded batch goes (e.g. ``NamedSharding(mesh, P('data'))``
@@ -143,11 +168,20 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
   the default device. ``variables``: if given, the model is ``logits_fn(variables, x)``
   and the variables are an argument of the compiled programs, so another checkpoint of
   the same model (same ``logits_fn`` object) runs without compiling again. ``ops``: how
-  the attacks loop and differentiate (``common.AttackOps``).
+  the attacks loop and differentiate (``common.AttackOps``). ``sanity_checks``: run
+  ``checks.before`` on the first batch and ``checks.after`` on the results.
+  ``state_path``: an npz file (``resume``) saved at every attack boundary and, inside an
+  attack, at the first run boundary after ``state_every_s`` seconds; a run started with
+  an existing one continues from it, with exactly the results of an uninterrupted run.
+  ``hook(attack, step)``: called at every run boundary (``step``: the next run or query)
+  and after each attack (``step`` None), after any save (tests interrupt runs there).
 
   Returns a dict: ``x_adv`` (numpy, clean points where no attack succeeded), ``robust``
   (bool ``[N]``), ``robust_acc_after`` (ordered attack -> robust accuracy after it),
-  ``clean_acc``, and ``seconds`` (ordered attack -> wall time).
+  ``clean_acc``, ``seconds`` (ordered attack -> wall time), ``flags`` (the checks'
+  findings, dicts ``{'check', 'message'}``), ``max_perturbation`` (in ``config.norm``)
+  and ``nan_count`` of ``x_adv``; ``broken_by`` (``[N]`` str: the attack that broke
+  each point, '' where none did).
   """
   cfg = config or AutoAttackConfig()
   for name in attacks:
@@ -157,6 +191,11 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
   eps_arr = jnp.float32(eps)
   put = placer(sharding)
   model_fn, variables = programs.as_model(logits_fn, variables)
+  flags = []
+  if len(x) and sanity_checks:
+    first = functools.partial(model_fn, variables)
+    flags += checks.before(first, x[:batch_size], y[:batch_size],
+                           num_classes(model_fn, variables, x.shape[1:]), attacks, cfg)
   if len(x):
     _check_targets(model_fn, variables, cfg, attacks, x.shape[1:])
     warm_up(model_fn, variables, cfg, attacks, x.shape[1:], batch_size,
@@ -165,8 +204,24 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
   clean_acc = float(robust.mean()) if len(x) else 0.0
   x_adv = x.copy()
   acc_after, seconds = collections.OrderedDict(), collections.OrderedDict()
+  done, partial, store = [], None, None
+  broken_by = np.full(len(x), -1, np.int8)  # index in ``attacks`` of the breaking attack
+  if state_path:
+    key_data = jax.random.key_data(key) if jnp.issubdtype(
+        key.dtype, jax.dtypes.prng_key) else key
+    fp = resume.fingerprint(x, y, eps, attacks, cfg, key_data, variables)
+    store = resume.StateFile(state_path, fp, state_every_s)
+    saved = store.load()
+    if saved is not None:
+      done, partial = saved['done'], saved['partial']
+      robust, x_adv = saved['robust'].copy(), saved['x_adv'].copy()
+      broken_by = saved['broken_by'].copy()
+      acc_after.update(saved['acc_after'])
+      seconds.update(saved['seconds'])
 
   for name in attacks:
+    if name in done:
+      continue
     start = time.perf_counter()
     todo = np.flatnonzero(robust)
     akey = jax.random.fold_in(key, ATTACKS.index(name))
@@ -177,19 +232,37 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
       if len(todo):
         attack = _attack_square if name == 'square' else functools.partial(
             _attack_runs, name=name)
+        def boundary(step, arrays, name=name):
+          if store is not None and store.due():
+            store.save(done, acc_after, seconds, robust, x_adv, broken_by,
+                       dict(attack=name, step=step, arrays=arrays))
+          if hook is not None:
+            hook(name, step)
         cand, idx = attack(model_fn, variables, cfg=cfg, x=x, y=y, todo=todo,
                            batch_size=batch_size, key=akey, eps=eps_arr, bar=bar, put=put,
-                           ops=ops)
+                           ops=ops, boundary=boundary,
+                           saved=partial if partial and partial['attack'] == name else None)
         # like the reference: a point counts as broken if the model misclassifies the
         # returned point (the attacks' own verdicts only chose what to return)
         fooled = predict(model_fn, cand, batch_size, sharding, variables) != y[idx]
         x_adv[idx[fooled]] = cand[fooled]
         robust[idx[fooled]] = False
+        broken_by[idx[fooled]] = list(attacks).index(name)
       bar.set_postfix(robust_acc=f'{robust.mean():.2%}' if len(x) else '-')
     acc_after[name] = float(robust.mean()) if len(x) else 0.0
     seconds[name] = time.perf_counter() - start
+    done.append(name)
+    if store is not None:
+      store.save(done, acc_after, seconds, robust, x_adv, broken_by)
+    if hook is not None:
+      hook(name, None)
+  summary = checks.summary(x_adv, x, cfg.norm)
+  if sanity_checks:
+    flags += checks.check_square(acc_after) + checks.check_summary(summary, eps, cfg.norm)
   return dict(x_adv=x_adv, robust=robust, robust_acc_after=acc_after,
-              clean_acc=clean_acc, seconds=seconds)
+              clean_acc=clean_acc, seconds=seconds, flags=flags,
+              broken_by=np.asarray([attacks[i] if i >= 0 else '' for i in broken_by]),
+              **summary)
 
 
 def _usable_cores() -> int:
