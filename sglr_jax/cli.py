@@ -70,26 +70,13 @@ def run(fv, progress=True):
   from sglr_jax import distributed, experiment  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize(experiment.distributed_params(config))
   if mode == 'train':
-    from sglr_jax.training import loop  # pylint: disable=g-import-not-at-top
+    from sglr_jax.training import loop, summary  # pylint: disable=g-import-not-at-top
     hist = loop.train_and_evaluate(config, workdir, progress=progress)
-    print(closing_line(hist, workdir))
+    print(summary.closing_line(hist, workdir))
   else:
     from sglr_jax.evaluation import evaluate, results  # pylint: disable=g-import-not-at-top
     res = evaluate.evaluate(config, workdir, progress=progress)
     print(results.markdown_table(res, title=os.path.basename(os.path.normpath(workdir))))
-
-
-def closing_line(hist: list, workdir: str) -> str:
-  """One line after training: the last epoch's numbers and where everything is."""
-  if not hist:
-    return f'no epoch finished; workdir {workdir}'
-  r = hist[-1]
-  nums = [f"epoch {r['epoch']}"]
-  for key, name in (('test_natural_acc', 'test nat'), ('test_pgd20_acc', 'PGD-20')):
-    if isinstance(r.get(key), float):
-      nums.append(f'{name} {100 * r[key]:.1f}%')
-  return (f"done: {', '.join(nums)}; history {os.path.join(workdir, 'history.jsonl')}, "
-          f"checkpoints {os.path.join(workdir, 'checkpoints')}")
 
 
 def _disk_full(e: BaseException):
@@ -144,8 +131,9 @@ def _main(argv):
   except errors.UserError as e:
     _exit(f'error: {e}', 2)
   except Exception as e:  # pylint: disable=broad-except
-    if getattr(e, 'exit_status', None) == 3:  # training.loop.NonFiniteError
-      _exit(f'error: {e}', 3)
+    status = getattr(e, 'exit_status', None)  # e.g. training.loop.NonFiniteError: 3
+    if status:
+      _exit(f'error: {e}', status)
     full = _disk_full(e)
     if full is None:
       raise
@@ -180,9 +168,7 @@ def _check_config_path(argv):
     if arg.startswith('--config='):
       path = arg.split('=', 1)[1].split(':', 1)[0]
       if not os.path.isfile(path):
-        print(f'error: --config={path}: no such file; the configs are in configs/',
-              file=sys.stderr)
-        sys.exit(2)
+        _exit(f'error: --config={path}: no such file; the configs are in configs/', 2)
 
 
 def main():

@@ -1,5 +1,7 @@
-"""One epoch's line of ``history.jsonl`` and its one-line console summary."""
+"""One epoch's line of ``history.jsonl``, its one-line console summary, and the run's closing line."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -39,3 +41,16 @@ def console_line(r: dict) -> str:
     parts.append(f"noisy fit {100 * r['train_noisy_fit']:.1f}%")
   parts.append(f"{r['epoch_time_s']:.1f}s")
   return ' | '.join(parts)
+
+
+def closing_line(hist: list, workdir: str) -> str:
+  """One line after training: the last epoch's numbers and where everything is."""
+  if not hist:
+    return f'no epoch finished; workdir {workdir}'
+  r = hist[-1]
+  nums = [f"epoch {r['epoch']}"]
+  for key, name in (('test_natural_acc', 'test nat'), ('test_pgd20_acc', 'PGD-20')):
+    if isinstance(r.get(key), float):
+      nums.append(f'{name} {100 * r[key]:.1f}%')
+  return (f"done: {', '.join(nums)}; history {os.path.join(workdir, 'history.jsonl')}, "
+          f"checkpoints {os.path.join(workdir, 'checkpoints')}")
