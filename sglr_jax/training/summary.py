@@ -1,4 +1,4 @@
-"""One epoch's line of ``history.jsonl``, its one-line console summary, and the run's closing line."""
+"""One epoch's history line, its console summary, and the run's closing line."""
 from __future__ import annotations
 
 import os
