@@ -16,6 +16,8 @@ from sglr_jax.training.state import SCHEDULES
 
 EVAL_METRICS = ('natural', 'pgd20', 'autoattack', 'ece', 'transfer')
 ATTACK_NORMS = ('Linf', 'L2')  # attack.norm, eval.norm
+AUTOATTACK_VERSIONS = ('standard', 'rand')
+EVAL_PRECISIONS = ('float32', 'highest', 'default')  # jax.default_matmul_precision names
 
 __all__ = ['ConfigError', 'EVAL_METRICS', 'validate']
 
@@ -46,6 +48,7 @@ def validate(config) -> None:
                        tuple(model.get('features') or ()))
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  _choice('model.compute_dtype', model.get('compute_dtype', 'float32'), tuple(models.COMPUTE_DTYPES))
   _choice('objective.name', config.objective.name, objectives.OBJECTIVES)
   _unit('objective.ls_eps', config.objective.ls_eps)
   _unit('objective.te_momentum', config.objective.te_momentum)
@@ -99,6 +102,9 @@ def validate(config) -> None:
     _choice('eval.suite entry', m, EVAL_METRICS)
   _choice('eval.autoattack_budget', config.eval.get('autoattack_budget', 'standard'),
           tuple(BUDGETS))
+  _choice('eval.autoattack_version', config.eval.get('autoattack_version', 'standard'),
+          AUTOATTACK_VERSIONS)
+  _choice('eval.precision', config.eval.get('precision', 'float32'), EVAL_PRECISIONS)
   if 'transfer' in config.eval.suite and not config.eval.transfer_from:
     raise ConfigError("eval.suite has 'transfer' but eval.transfer_from is empty; "
                       'set it to the source model\'s workdir')

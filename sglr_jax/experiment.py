@@ -9,12 +9,14 @@ evaluation both start from an ``Experiment``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 
 from sglr_jax import checkpoints, config_validation, data, distributed, errors, mesh as mesh_lib
 from sglr_jax import models, objectives, sglr_table
@@ -47,6 +49,8 @@ class EvalParams:
   autoattack_budget: str
   transfer_from: str
   norm: str = 'Linf'  # threat model of every test attack: 'Linf' or 'L2'
+  autoattack_version: str = 'standard'  # 'standard' or 'rand' (EOT for randomised models)
+  precision: str = 'float32'  # jax.default_matmul_precision of every test attack; 'default'
 
 
 @dataclasses.dataclass
@@ -55,7 +59,8 @@ class Experiment:
   config: Any  # the ConfigDict: only to write config.json
   ds: data.Dataset
   mesh: Any  # jax.sharding.Mesh over ('data',)
-  model: Any  # flax.linen.Module
+  model: Any  # flax.linen.Module, in the training compute dtype
+  eval_model: Any  # the same module computing in float32: every evaluation uses it
   step: step_lib.StepConfig
   train: TrainParams
   optim: state_lib.OptimParams
@@ -145,13 +150,34 @@ def eval_params(config) -> EvalParams:
       num_examples=int(e.num_examples or 0), suite=tuple(e.suite),
       autoattack_examples=int(e.autoattack_examples or 0),
       autoattack_budget=str(e.get('autoattack_budget', 'standard')),
-      transfer_from=str(e.transfer_from or ''), norm=str(e.get('norm', 'Linf')))
+      transfer_from=str(e.transfer_from or ''), norm=str(e.get('norm', 'Linf')),
+      autoattack_version=str(e.get('autoattack_version', 'standard')),
+      precision=str(e.get('precision', 'float32')))
+
+
+@contextlib.contextmanager
+def eval_precision(ev: EvalParams):
+  """Every evaluation runs inside this: float32 matmuls / convolutions unless
+  ``eval.precision='default'`` (TPUs default to bfloat16 passes, recent GPUs to TF32, and
+  an attack on a rounded image can over-state robustness). Set process-wide, not
+  thread-locally, so the threads that compile AutoAttack's programs ahead of time see it;
+  the previous value is restored on exit."""
+  if ev.precision == 'default':
+    yield
+    return
+  before = jax.config.jax_default_matmul_precision
+  jax.config.update('jax_default_matmul_precision', ev.precision)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_default_matmul_precision', before)
 
 
 def model_kwargs(config) -> dict:
   """``models.create_model`` arguments of the config's ``model`` section (no platform parts)."""
   m = config.model
-  kwargs = {'width': m.width, 'depth': tuple(m.depth)}
+  kwargs = {'width': m.width, 'depth': tuple(m.depth),
+            'dtype': models.compute_dtype(str(m.get('compute_dtype', 'float32')))}
   if m.get('dense'):
     kwargs['dense'] = int(m.dense)
   if m.get('features'):
@@ -190,10 +216,16 @@ def build(config, ds: Optional[data.Dataset] = None) -> Experiment:
   model = models.create_model(config.model.name, ds.num_classes, bn_axis_name=mesh_lib.AXIS,
                               **model_kwargs(config), **parts.model_parts)
   return Experiment(
-      config=config, ds=ds, mesh=mesh, model=model, step=step_config(config, ds.num_classes),
+      config=config, ds=ds, mesh=mesh, model=model, eval_model=float32_model(model),
+      step=step_config(config, ds.num_classes),
       train=train, optim=optim_params(config), schedule=schedule_params(config), eval=ev,
       attack_ops=parts.attack_ops, steps_per_epoch=data.steps_per_epoch(n, train.batch_size),
       seed=int(config.seed), init_options=parts.init_options)
+
+
+def float32_model(model):
+  """``model`` computing in float32 (the same variables; itself when already float32)."""
+  return model if model.dtype == jnp.float32 else model.clone(dtype=jnp.float32)
 
 
 def initial_state(exp: Experiment) -> state_lib.TrainState:

@@ -117,6 +117,27 @@ def test_evaluate_best_and_final(exp, variables, tmp_path):
     assert f.read() == results.markdown_table(res, title='run')
 
 
+def test_checkpoint_of_a_bf16_run_evaluates_in_float32(exp, variables, tmp_path, monkeypatch):
+  """model.compute_dtype='bfloat16' trains in bf16; its checkpoint is evaluated by the
+  same weights computing in float32, under float32 matmul precision."""
+  bf16 = experiment.build(_config(**{'model.compute_dtype': 'bfloat16'}))
+  assert bf16.model.dtype == jax.numpy.bfloat16
+  assert bf16.eval_model.dtype == jax.numpy.float32 and exp.eval_model is exp.model
+  wd = str(tmp_path)
+  _save(bf16, wd, {'best': (1, variables), 'final': (2, _scaled(variables, 2.0))})
+  seen = []
+  real = evaluate_lib.Suite.run
+  monkeypatch.setattr(evaluate_lib.Suite, 'run', lambda self, v: seen.append(
+      jax.config.jax_default_matmul_precision) or real(self, v))
+  res = evaluate_lib.evaluate(_config(**{'model.compute_dtype': 'bfloat16'}), wd,
+                              progress=False)
+  assert seen == ['float32', 'float32'] and jax.config.jax_default_matmul_precision is None
+  suite = evaluate_lib.Suite(exp, SUITE)  # the float32 run's evaluators
+  for kind, v in (('best', variables), ('final', _scaled(variables, 2.0))):
+    assert {k: res[kind][k] for k in ('natural_acc', 'pgd20_acc', 'ece_clean')} == {
+        k: suite.run(v)[k] for k in ('natural_acc', 'pgd20_acc', 'ece_clean')}
+
+
 def test_final_at_the_best_epoch_is_evaluated_once(exp, variables, tmp_path, monkeypatch):
   wd = str(tmp_path)
   _save(exp, wd, {'best': (3, variables), 'final': (3, variables)})

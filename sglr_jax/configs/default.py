@@ -31,6 +31,7 @@ def get_config():
   # preset accepts only its own depth (() = the architecture's own), see models.create_model
   c.model.dense = 0  # small_cnn: hidden dense units (0 = its own, 128)
   c.model.features = ()  # small_cnn: conv widths, e.g. (64, 64) (() = its own, (32, 64))
+  c.model.compute_dtype = 'float32'  # training convs/matmuls: 'float32' or 'bfloat16' (eval: float32)
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'at'  # 'at' (PGD-AT), 'ls' (AT + label smoothing), 'trades', 'te'
@@ -67,6 +68,8 @@ def get_config():
   c.eval.suite = ('natural', 'pgd20')  # --mode=eval: metrics to compute
   c.eval.autoattack_examples = 1000  # AutoAttack on the first N test points
   c.eval.autoattack_budget = 'standard'  # 'standard' (the reference's) or 'smoke' (tests only)
+  c.eval.autoattack_version = 'standard'  # 'standard' or 'rand' (EOT, randomised models)
+  c.eval.precision = 'float32'  # matmul/conv precision of every test attack ('default' = platform's)
   c.eval.transfer_from = ''  # workdir of the source model for the transfer attack
 
   c.train = ml_collections.ConfigDict()

@@ -38,20 +38,21 @@ class Suite:
     self.x, self.y = eval_points(exp.ds, ev.num_examples)
     key = jax.random.PRNGKey(ev.seed)
     self.natural_pgd = self.autoattack = self.transfer = None
+    model = exp.eval_model  # float32 whatever the training dtype
     if {'natural', 'pgd20', 'ece'} & set(self.suite):
       self.natural_pgd = natural_pgd.NaturalPGD(
-          exp.model, exp.mesh, self.x, self.y, eps=ev.eps, step_size=ev.step_size,
+          model, exp.mesh, self.x, self.y, eps=ev.eps, step_size=ev.step_size,
           steps=ev.steps, batch_size=ev.batch_size, key=key, norm=ev.norm,
           ops=exp.attack_ops)
     if 'autoattack' in self.suite:
       self.autoattack = autoattack.AutoAttack(
-          exp.model, exp.mesh, self.x, self.y, eps=ev.eps, key=key, batch_size=ev.batch_size,
+          model, exp.mesh, self.x, self.y, eps=ev.eps, key=key, batch_size=ev.batch_size,
           examples=ev.autoattack_examples, budget=ev.autoattack_budget, norm=ev.norm,
           ops=exp.attack_ops, progress=progress, workdir=workdir)
     if 'transfer' in self.suite and transfer_source is not None:
       source_model, source_variables = transfer_source
       self.transfer = transfer.Transfer(
-          exp.model, source_model, source_variables, self.x, self.y, eps=ev.eps,
+          model, source_model, source_variables, self.x, self.y, eps=ev.eps,
           step_size=ev.step_size, steps=ev.steps, batch_size=ev.batch_size, key=key,
           norm=ev.norm, ops=exp.attack_ops)
 
@@ -81,12 +82,17 @@ def transfer_source(workdir: str):
   """(model, variables) of the final checkpoint of the run in ``workdir``."""
   src = experiment.build(experiment.load_workdir_config(workdir))
   state, _ = experiment.restore(src, workdir, 'final')
-  return src.model, experiment.variables_of(state)
+  return src.eval_model, experiment.variables_of(state)
 
 
 def evaluate(config, workdir: str, progress: bool = True) -> dict:
   """Evaluates ``best`` and ``final`` of ``workdir``; writes results.json/.md."""
   exp = experiment.build(config)
+  with experiment.eval_precision(exp.eval):
+    return _evaluate(exp, workdir, progress)
+
+
+def _evaluate(exp, workdir: str, progress: bool) -> dict:
   for kind in KINDS:  # both, before spending time on either
     if not checkpoints.available(workdir, kind):
       raise errors.NoCheckpointError(

@@ -74,6 +74,11 @@ def improves(value, best_metric) -> bool:
 def _evaluations(exp: experiment.Experiment, st, epoch: int, eval_step, fit_step, key) -> dict:
   """The end-of-epoch measurements due after epoch ``epoch`` (0-based): test natural and
   PGD-20 accuracy, and the fit of the training labels."""
+  with experiment.eval_precision(exp.eval):
+    return _evaluate_epoch(exp, st, epoch, eval_step, fit_step, key)
+
+
+def _evaluate_epoch(exp, st, epoch, eval_step, fit_step, key) -> dict:
   tp, ev, ds = exp.train, exp.eval, exp.ds
   out = {}
   if ev.every_epochs and ((epoch + 1) % ev.every_epochs == 0 or epoch + 1 == tp.epochs):
@@ -116,9 +121,9 @@ def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> l
     history.truncate_history(workdir, done)
 
   train_step = step_lib.make_train_step(exp.model, exp.step, exp.mesh, st, ops=exp.attack_ops)
-  eval_step = predict.make_eval_step(exp.model, exp.mesh, eps=ev.eps, step_size=ev.step_size,
+  eval_step = predict.make_eval_step(exp.eval_model, exp.mesh, eps=ev.eps, step_size=ev.step_size,
                                      steps=ev.steps, norm=ev.norm, ops=exp.attack_ops)
-  fit_step = predict.make_eval_step(exp.model, exp.mesh, eps=0.0, step_size=0.0, steps=0)
+  fit_step = predict.make_eval_step(exp.eval_model, exp.mesh, eps=0.0, step_size=0.0, steps=0)
   schedule = state_lib.lr_schedule(exp.optim.lr, exp.schedule, spe)
   eval_key = jax.random.PRNGKey(ev.seed)
   every = tp.checkpoint_every_steps
