@@ -198,8 +198,9 @@ def jax_backed_torch_model(logits_fn, bucket: int = 8, compiler_options=None, sh
   return Wrapped().eval()
 
 
-def run_reference(torch_net, x, y, eps, *, attacks, batch_size, seed=0):
-  """The reference's standard version (or a subset of its attacks, same parameters).
+def run_reference(torch_net, x, y, eps, *, attacks, batch_size, seed=0, norm='Linf'):
+  """The reference's standard version (or a subset of its attacks, same parameters)
+  in ``norm`` ('Linf' or 'L2').
 
   Returns ``(x_adv [N, H, W, C], robust accuracy after each attack)``.
   """
@@ -208,7 +209,7 @@ def run_reference(torch_net, x, y, eps, *, attacks, batch_size, seed=0):
   import torch  # pylint: disable=g-import-not-at-top
   from pyautoattack import AutoAttack  # pylint: disable=g-import-not-at-top
 
-  adversary = AutoAttack(torch_net, norm='Linf', eps=eps, version='standard', seed=seed,
+  adversary = AutoAttack(torch_net, norm=norm, eps=eps, version='standard', seed=seed,
                          device='cpu')
   adversary.attacks_to_run = list(attacks)
   lines = []
@@ -239,7 +240,8 @@ def run_reference(torch_net, x, y, eps, *, attacks, batch_size, seed=0):
 
 # ------------------------------------------------------------------------------ bench
 
-def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0):
+def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0,
+                norm='Linf'):
   # imported here: it brings in the data and training modules, which tests do not need
   from sglr_jax import experiment  # pylint: disable=g-import-not-at-top
   parts = experiment.platform_parts(name)
@@ -261,7 +263,7 @@ def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0
 
   for attack in attacks:
     names = aa.STANDARD_ATTACKS if attack.startswith('autoattack') else (attack,)
-    cfg = aa.AutoAttackConfig(early_stop=attack.endswith('-early'))
+    cfg = aa.AutoAttackConfig(early_stop=attack.endswith('-early'), norm=norm)
     start = time.perf_counter()
     aa.compile_attacks(logits_fn, shape, batch_size=batch_size, attacks=names, config=cfg,
                        sharding=sharding, ops=parts.attack_ops)
@@ -277,12 +279,12 @@ def bench_model(name, *, n, batch_size, eps, attacks, repeats, reference, seed=0
       if reference:
         start = time.perf_counter()
         _, accs_ref = run_reference(net, x, y, eps, attacks=names, batch_size=batch_size,
-                                    seed=r)
+                                    seed=r, norm=norm)
         ref.append(time.perf_counter() - start)
     line = dict(model=name, attack=attack, ours_img_s=n / float(np.median(ours)),
                 reference_img_s=n / float(np.median(ref)) if ref else None)
     line['ratio'] = line['ours_img_s'] / line['reference_img_s'] if ref else None
-    line.update(n=n, batch_size=batch_size, eps=eps, repeats=repeats,
+    line.update(n=n, batch_size=batch_size, norm=norm, eps=eps, repeats=repeats,
                 ours_devices=mesh.size if sharding is not None else 1,
                 ours_compile_s=round(compile_s, 2),
                 ours_s=[round(s, 2) for s in ours], reference_s=[round(s, 2) for s in ref],
@@ -303,7 +305,9 @@ def main(argv=None):
   p.add_argument('--n', type=int, default=0, help='points per model (0: by size)')
   p.add_argument('--batch-size', type=int, default=0,
                  help='0: by size (with --n: min(n, 250))')
-  p.add_argument('--eps', type=float, default=0.0, help='0: per-model default (see EPS)')
+  p.add_argument('--norm', default='Linf', choices=('Linf', 'L2'))
+  p.add_argument('--eps', type=float, default=0.0,
+                 help='0: per-model default of the norm (see EPS)')
   p.add_argument('--repeats', type=int, default=1)
   p.add_argument('--no-reference', action='store_true')
   a = p.parse_args(argv)
@@ -316,17 +320,19 @@ def main(argv=None):
   for name in a.models.split(','):
     n = a.n or sizes[name][0]
     bs = a.batch_size or (sizes[name][1] if not a.n else min(a.n, 250))
-    bench_model(name, n=n, batch_size=bs, eps=a.eps or EPS[name],
+    bench_model(name, n=n, batch_size=bs, eps=a.eps or EPS[a.norm][name],
                 attacks=a.attacks.split(','), repeats=a.repeats,
-                reference=reference)
+                reference=reference, norm=a.norm)
 
 
 # Random weights (BatchNorm calibrated) and self-predicted labels. small_cnn at 1/255:
 # some points survive APGD-CE, so every attack of the ensemble has work. resnet18 at
 # 1/255: APGD-CE breaks every point (as on a non-robust trained model), so its
 # 'autoattack' line is APGD-CE plus the ensemble's bookkeeping; at a smaller eps more
-# survive, but the other attacks then take far longer on a CPU.
-EPS = {'small_cnn': 1 / 255, 'resnet18': 1 / 255}
+# survive, but the other attacks then take far longer on a CPU. L2: about the L2 size
+# of a corner of that Linf ball on each model's input.
+EPS = {'Linf': {'small_cnn': 1 / 255, 'resnet18': 1 / 255},
+       'L2': {'small_cnn': 0.1, 'resnet18': 0.2}}
 
 if __name__ == '__main__':
   main()

@@ -1,11 +1,13 @@
-"""Throughput of the PGD-10 AT step and the AT + SGLR step, and compile time vs PGD steps.
+"""Throughput of the PGD-10 AT step and of AT + SGLR, AT + AWP and AT + SWA, and
+compile time vs PGD steps.
 
   python -m bench.train_step               # small CNN b128 and ResNet-18 b32
   python -m bench.train_step --quick       # tiny sizes, a smoke run
 
 Prints one JSON line per measurement: model, batch, objective, pgd_steps, img_s,
-compile_s. AT and AT + SGLR are timed alternately in the same run (rounds), so a
-busy machine slows both alike; the ratio line gives SGLR's extra cost.
+compile_s. The variants are timed alternately in the same run (rounds), so a busy
+machine slows all alike; the ratio line gives each one's time over AT's (AWP: one more
+forward-backward pass; SWA, averaging after every step here: one pass over the weights).
 """
 from __future__ import annotations
 
@@ -21,8 +23,20 @@ from sglr_jax.configs import default
 from sglr_jax.training import step as step_lib
 
 
-def make(model_name, batch, sglr, pgd_steps, width=0, image_shape=(32, 32, 3), k=10):
-  """One device, synthetic data of 4 batches, the platform's parts (as a run gets them)."""
+# The timed variants: objective label -> config fields on top of PGD-AT.
+VARIANTS = {
+    'at': {},
+    'at+sglr': {'sglr.enabled': True},
+    'at+awp': {'objective.awp_gamma': 5e-3},
+    'at+swa': {'train.swa_start_epoch': 0, 'train.swa_every_steps': 1},
+}
+
+
+def make(model_name, batch, sglr, pgd_steps, width=0, image_shape=(32, 32, 3), k=10,
+         fields=None):
+  """One device, synthetic data of 4 batches, the platform's parts (as a run gets them).
+
+  ``fields``: dotted config fields to set (a variant of ``VARIANTS``)."""
   c = default.get_config()
   c.model.name = model_name
   c.model.width = width
@@ -31,6 +45,9 @@ def make(model_name, batch, sglr, pgd_steps, width=0, image_shape=(32, 32, 3), k
   c.sglr.start_epoch = 0
   c.train.batch_size = batch
   c.parallel.num_devices = 1
+  for key, value in (fields or {}).items():
+    section, name = key.split('.')
+    c[section][name] = value
   n = batch * 4
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n,) + image_shape, dtype=np.uint8)
@@ -70,23 +87,24 @@ def main():
     cases = [('small_cnn', 32, 8, (28, 28, 1)), ('resnet18', 8, 8, (32, 32, 3))]
   for name, batch, width, shape in cases:
     built = {}
-    for sglr in (False, True):
-      step, st, batches = make(name, batch, sglr, 10, width, shape)
+    for label, fields in VARIANTS.items():
+      step, st, batches = make(name, batch, False, 10, width, shape, fields=fields)
       cs = compile_seconds(step, st, batches[0])
-      built[sglr] = [step, st, batches, cs, []]
+      built[label] = [step, st, batches, cs, []]
     for _ in range(args.rounds):
-      for sglr in (False, True):
-        step, st, batches, _, times = built[sglr]
-        dt, built[sglr][1] = timed(step, st, batches, args.iters)
+      for label in VARIANTS:
+        step, st, batches, _, times = built[label]
+        dt, built[label][1] = timed(step, st, batches, args.iters)
         times.append(dt)
-    for sglr in (False, True):
-      _, _, _, cs, times = built[sglr]
-      print(json.dumps({'model': name, 'batch': batch, 'objective': 'at+sglr' if sglr else 'at',
+    for label in VARIANTS:
+      _, _, _, cs, times = built[label]
+      print(json.dumps({'model': name, 'batch': batch, 'objective': label,
                         'pgd_steps': 10, 'img_s': round(batch / float(np.median(times)), 2),
                         'compile_s': round(cs, 2)}), flush=True)
-    at, sg = (float(np.median(built[s][4])) for s in (False, True))
-    print(json.dumps({'model': name, 'batch': batch, 'sglr_over_at_time': round(sg / at, 4)}),
-          flush=True)
+    median = {label: float(np.median(built[label][4])) for label in VARIANTS}
+    ratios = {f'{label.split("+")[1]}_over_at_time': round(median[label] / median['at'], 4)
+              for label in VARIANTS if label != 'at'}
+    print(json.dumps({'model': name, 'batch': batch, **ratios}), flush=True)
     for steps in (10, 40):
       step, st, batches = make(name, batch, True, steps, width, shape)
       print(json.dumps({'model': name, 'batch': batch, 'objective': 'at+sglr',

@@ -21,6 +21,17 @@ way of later saves); the one before it is used. A readable checkpoint whose
 arrays do not fit the current config (another model, say) is an error, not a
 fallback: nothing is moved.
 
+Asynchronous saves (``save(..., asynchronous=True)``): the call returns once the arrays
+are copied to host memory; Orbax writes and commits them in a background thread while
+training goes on. At most one save is pending: ``wait()`` waits for it and then does
+what follows a commit (the ``also`` links, dropping old checkpoints, the closing
+barrier). Every later save and every read (``restore``, ``available``,
+``read_progress``, ``committed``) waits first, and a run must call ``wait()`` before it
+ends; a write error surfaces there. ``also=(('best', 3), ...)``: the same checkpoint
+under other kinds and keys, hard links to the committed files (a copy where the storage
+has no links), so an epoch end whose ``best`` and ``final`` equal ``latest`` writes the
+state once. A link is made in a temporary directory and renamed, as Orbax commits.
+
 Integrity: every checkpoint holds ``MANIFEST`` (SHA-256 of each of its files), written
 by process 0 after every process's files are complete and before Orbax's commit (the
 rename), so a committed checkpoint always carries one. ``restore`` verifies it: a file
@@ -37,9 +48,7 @@ each process reading only the rows it holds.
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -52,14 +61,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from sglr_jax import distributed, errors
+from sglr_jax.manifest import verify_manifest, write_manifest
 
 KINDS = ('latest', 'best', 'final')
 KEEP = {'latest': 2, 'best': 1, 'final': 1}
 TABLE_KEY = ('label_table',)
 COMMIT_FILE = 'commit_success.txt'
-MANIFEST = 'MANIFEST'
-# Orbax rewrites its step metadata when it commits, after the manifest: not hashed.
-_UNHASHED = (MANIFEST, COMMIT_FILE, '_CHECKPOINT_METADATA')
 _barrier_ids = itertools.count()
 
 
@@ -71,75 +78,24 @@ def _path(workdir: str, kind: str) -> str:
   return os.path.abspath(os.path.join(workdir, 'checkpoints', kind))
 
 
-class CorruptCheckpointError(ValueError):
-  """A checkpoint file's bytes differ from its manifest."""
-
-
-def _checkpointer() -> ocp.Checkpointer:
+def _checkpointer(asynchronous: bool = False):
   """Orbax's checkpointer whose handler also writes ``MANIFEST`` before the commit.
 
-  ``finalize`` runs on the primary process after every process saved its files, before
-  the rename. It is wrapped on the instance: Orbax maps ``args.Composite`` to the exact
-  handler class, so a subclass would not be used.
+  ``finalize`` runs after every process saved its files, before the rename (on every
+  process in the asynchronous checkpointer: process 0 writes the manifest). It is
+  wrapped on the instance: Orbax maps ``args.Composite`` to the exact handler class, so
+  a subclass would not be used.
   """
   handler = ocp.CompositeCheckpointHandler()
   finalize = handler.finalize
 
   def finalize_with_manifest(directory):
     finalize(directory)
-    write_manifest(str(directory))
+    if jax.process_index() == 0:
+      write_manifest(str(directory))
 
   handler.finalize = finalize_with_manifest
-  return ocp.Checkpointer(handler)
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 22), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _files(directory: str) -> list[str]:
-  """The hashed files of a checkpoint directory, relative paths, sorted."""
-  out = []
-  for root, _, names in os.walk(directory):
-    for n in names:
-      rel = os.path.relpath(os.path.join(root, n), directory)
-      if rel not in _UNHASHED:
-        out.append(rel)
-  return sorted(out)
-
-
-def write_manifest(directory: str) -> None:
-  """Writes ``directory/MANIFEST``: {relative path: sha256} of its files (fsynced)."""
-  manifest = {rel: _sha256(os.path.join(directory, rel)) for rel in _files(directory)}
-  path = os.path.join(directory, MANIFEST)
-  with open(path, 'w') as f:
-    json.dump({'version': 1, 'sha256': manifest}, f, indent=0, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def verify_manifest(directory: str) -> bool:
-  """Raises ``CorruptCheckpointError`` naming the first file that differs from the
-  manifest; False (unverified) for a checkpoint written without one."""
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
-    return False
-  try:
-    with open(path) as f:
-      want = json.load(f)['sha256']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CorruptCheckpointError(f'{path} is unreadable ({type(e).__name__})') from None
-  for rel, digest in sorted(want.items()):
-    full = os.path.join(directory, rel)
-    if not os.path.isfile(full):
-      raise CorruptCheckpointError(f'{full} is missing')
-    if _sha256(full) != digest:
-      raise CorruptCheckpointError(f'{full} does not match its checksum (damaged bytes)')
-  return True
+  return ocp.AsyncCheckpointer(handler) if asynchronous else ocp.Checkpointer(handler)
 
 
 def _sync(name: str):
@@ -147,13 +103,22 @@ def _sync(name: str):
   distributed.sync_processes(f'sglr_ckpt_{name}_{next(_barrier_ids)}')
 
 
-def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = None):
+_pending = None  # (AsyncCheckpointer, what follows its commit): the save in flight
+
+
+def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = None, *,
+         asynchronous: bool = False, also: tuple = ()):
   """Saves ``state`` (and the JSON-able ``progress``) as checkpoint ``step`` of ``kind``,
   then drops the oldest beyond the kind's ``KEEP``.
 
   All processes must call it: each writes the shards it owns. A checkpoint already
   at ``step`` (left by a run that fell back to an earlier one) is replaced.
+  ``asynchronous``: returns once the arrays are in host memory (see the module
+  docstring; ``wait()`` completes it). ``also``: ``(kind, key)`` pairs that get the same
+  checkpoint as links once it is committed.
   """
+  global _pending
+  wait()
   root = _path(workdir, kind)
   if jax.process_index() == 0:
     os.makedirs(root, exist_ok=True)
@@ -162,20 +127,75 @@ def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = N
   items = {'state': ocp.args.PyTreeSave(state)}
   if progress is not None:
     items['progress'] = ocp.args.JsonSave(progress)
-  ckptr = _checkpointer()
+  done = lambda: _after_commit(workdir, kind, step, tuple(also))
+  ckptr = _checkpointer(asynchronous)
   try:
     ckptr.save(epath.Path(root) / str(step), args=ocp.args.Composite(**items), force=True)
+  except BaseException:
+    ckptr.close()
+    raise
+  if asynchronous:
+    _pending = (ckptr, done)
+    return
+  ckptr.close()
+  done()
+
+
+def wait() -> None:
+  """Waits for the pending asynchronous save (if any) and completes it; re-raises its
+  write error. All processes must call it (it ends in a barrier)."""
+  global _pending
+  if _pending is None:
+    return
+  ckptr, done = _pending
+  _pending = None
+  try:
+    ckptr.wait_until_finished()
   finally:
     ckptr.close()
+  done()
+
+
+def _after_commit(workdir: str, kind: str, step: int, also: tuple) -> None:
+  """Links ``also``, drops old checkpoints (process 0), then every process meets."""
   if jax.process_index() == 0:
-    # Keep this one and the newest KEEP - 1 before it; keys after it belong to a
-    # timeline that was abandoned (a resume from an earlier checkpoint).
-    older = [s for s in _steps(root) if s < step]
-    keep = set(older[len(older) - (KEEP[kind] - 1):] if KEEP[kind] > 1 else []) | {step}
-    for old in _steps(root):
-      if old not in keep:
-        shutil.rmtree(os.path.join(root, str(old)), ignore_errors=True)
+    src = os.path.join(_path(workdir, kind), str(step))
+    for other, key in also:
+      _link_tree(src, _path(workdir, other), key)
+      _prune(_path(workdir, other), other, key)
+    _prune(_path(workdir, kind), kind, step)
   _sync(f'save_end_{kind}_{step}')
+
+
+def _prune(root: str, kind: str, step: int) -> None:
+  """Keeps ``step`` and the newest ``KEEP - 1`` before it; keys after it belong to a
+  timeline that was abandoned (a resume from an earlier checkpoint)."""
+  older = [s for s in _steps(root) if s < step]
+  keep = set(older[len(older) - (KEEP[kind] - 1):] if KEEP[kind] > 1 else []) | {step}
+  for old in _steps(root):
+    if old not in keep:
+      shutil.rmtree(os.path.join(root, str(old)), ignore_errors=True)
+
+
+def _link_tree(src: str, root: str, key: int) -> None:
+  """``root/key``: the files of the committed checkpoint ``src`` as hard links (copies
+  where linking fails), assembled in a temporary directory that the interrupted-save
+  clean-up recognises, then renamed into place (replacing one at ``key``)."""
+  os.makedirs(root, exist_ok=True)
+  tmp = os.path.join(root, f'{key}.orbax-checkpoint-tmp-link')
+  shutil.rmtree(tmp, ignore_errors=True)
+  for r, _, names in os.walk(src):
+    dst_dir = os.path.join(tmp, os.path.relpath(r, src))
+    os.makedirs(dst_dir, exist_ok=True)
+    for n in names:
+      try:
+        os.link(os.path.join(r, n), os.path.join(dst_dir, n))
+      except OSError:
+        shutil.copy2(os.path.join(r, n), os.path.join(dst_dir, n))
+  final = os.path.join(root, str(key))
+  if os.path.exists(final):
+    shutil.rmtree(final)
+  os.replace(tmp, final)
 
 
 def _check_space(workdir: str, root: str) -> None:
@@ -217,11 +237,13 @@ def _steps(root: str) -> list[int]:
 
 def available(workdir: str, kind: str) -> list[int]:
   """The checkpoint keys of ``kind``, oldest first (whether readable is not checked)."""
+  wait()
   return _steps(_path(workdir, kind))
 
 
 def read_progress(workdir: str, kind: str, step: int) -> Optional[dict]:
   """The ``progress`` item of one checkpoint (None if it has none)."""
+  wait()
   path = epath.Path(_path(workdir, kind)) / str(step) / 'progress'
   if not path.exists():
     return None
@@ -241,6 +263,7 @@ def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool
   is removed or moved (evaluation); ``damaged`` (a list) collects ``(key, reason)`` of
   each unreadable checkpoint, so a caller can name them.
   """
+  wait()
   root = _path(workdir, kind)
   if not read_only:
     _remove_temporaries(root)
@@ -371,4 +394,5 @@ def _set_aside(workdir: str, kind: str, step: int):
 
 def committed(workdir: str, kind: str, key: int) -> bool:
   """Whether checkpoint ``key`` of ``kind`` exists with its commit marker (a complete save)."""
+  wait()
   return os.path.exists(os.path.join(_path(workdir, kind), str(key), COMMIT_FILE))

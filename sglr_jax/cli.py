@@ -7,8 +7,9 @@
 Exit status: 0 done; 2 an error the user can fix (``errors.UserError``, a bad flag or
 config file, a full disk: one line on stderr); 3 training diverged (a non-finite loss
 or gradient norm; the last good checkpoint is kept).
-Process setup (XLA host devices on CPU, ``jax.distributed``) happens here, before anything
-else imports jax; everything else is built from the config by ``experiment.build``.
+Process setup (XLA host devices on CPU, ``jax.distributed``, the persistent compilation
+cache) happens here, before anything else imports jax or compiles; everything else is
+built from the config by ``experiment.build``.
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def run(fv, progress=True):
   config, workdir, mode = fv.config, fv.workdir, fv.mode
   if not workdir:
     raise errors.UserError('--workdir is required')
+  if '://' in workdir:  # os.path would quietly make 'gs://b/run' a local 'gs:/b/run'
+    raise errors.UserError(
+        f'--workdir={workdir}: object-store URLs are not supported as workdirs yet; use a '
+        'local or shared POSIX path on every host (see the README, "Several GPUs, a TPU pod")')
   if mode == 'report':
     from sglr_jax import report  # pylint: disable=g-import-not-at-top
     paths = report.make_report([workdir] + list(fv.compare), os.path.join(workdir, 'report'))
@@ -67,8 +72,10 @@ def run(fv, progress=True):
     return
   if config is None:
     raise errors.UserError('--config is required, e.g. --config=configs/mnist_sglr.py')
-  from sglr_jax import distributed, experiment  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from sglr_jax import compile_cache, distributed, experiment
   distributed.maybe_initialize(experiment.distributed_params(config))
+  compile_cache.configure(str(config.parallel.get('compilation_cache_dir', '')))
   if mode == 'train':
     from sglr_jax.training import loop, summary  # pylint: disable=g-import-not-at-top
     hist = loop.train_and_evaluate(config, workdir, progress=progress)

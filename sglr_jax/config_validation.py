@@ -48,12 +48,16 @@ def validate(config) -> None:
                        tuple(model.get('features') or ()))
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  if not model.get('batch_norm', True) and model.name != 'small_cnn':
+    raise ConfigError(f'model.batch_norm=False is available for small_cnn only, not '
+                      f'{model.name!r}')
   _choice('model.compute_dtype', model.get('compute_dtype', 'float32'), tuple(models.COMPUTE_DTYPES))
   _choice('objective.name', config.objective.name, objectives.OBJECTIVES)
   _unit('objective.ls_eps', config.objective.ls_eps)
   _unit('objective.te_momentum', config.objective.te_momentum)
   if config.objective.beta < 0:
     raise ConfigError(f'objective.beta={config.objective.beta!r} must be >= 0')
+  _validate_awp_kd(config.objective, config.train.epochs)
   for f in ('attack', 'eval'):
     sub = config[f]
     norm = sub.get('norm', 'Linf')
@@ -82,6 +86,7 @@ def validate(config) -> None:
   if config.train.get('checkpoint_every_steps', 0) < 0:
     raise ConfigError(f'train.checkpoint_every_steps={config.train.checkpoint_every_steps!r} '
                       'must be >= 0 (0 = only at epoch ends and on SIGTERM)')
+  _validate_swa(config.train)
   if s.enabled and not 0 <= s.start_epoch < config.train.epochs:
     raise ConfigError(f'sglr.start_epoch={s.start_epoch!r} must lie in [0, train.epochs - 1 = '
                       f'{config.train.epochs - 1}] (0-based index of the first refined epoch)')
@@ -108,3 +113,35 @@ def validate(config) -> None:
   if 'transfer' in config.eval.suite and not config.eval.transfer_from:
     raise ConfigError("eval.suite has 'transfer' but eval.transfer_from is empty; "
                       'set it to the source model\'s workdir')
+
+
+def _validate_awp_kd(o, epochs: int) -> None:
+  """AWP and KD's fields (absent from configs written before them: off)."""
+  if o.get('awp_gamma', 0.0) < 0:
+    raise ConfigError(f'objective.awp_gamma={o.awp_gamma!r} must be >= 0 (0 = no AWP)')
+  if o.get('awp_gamma', 0.0) > 0 and not 0 <= o.get('awp_warmup_epochs', 0) < epochs:
+    raise ConfigError(f'objective.awp_warmup_epochs={o.awp_warmup_epochs!r} must lie in '
+                      f'[0, train.epochs - 1 = {epochs - 1}]')
+  if o.name != 'kd':
+    return
+  if o.get('kd_temperature', 2.0) <= 0:
+    raise ConfigError(f'objective.kd_temperature={o.kd_temperature!r} must be > 0')
+  for f in ('kd_ce_weight', 'kd_weight', 'kd_std_weight'):
+    if o.get(f, 0.0) < 0:
+      raise ConfigError(f'objective.{f}={o[f]!r} must be >= 0')
+  if not o.get('teacher_workdir', ''):
+    raise ConfigError("objective.name='kd' needs objective.teacher_workdir (the workdir of "
+                      'a trained robust teacher, e.g. a PGD-AT run)')
+  if o.get('kd_std_weight', 0.0) > 0 and not o.get('std_teacher_workdir', ''):
+    raise ConfigError(f'objective.kd_std_weight={o.kd_std_weight!r} needs '
+                      "objective.std_teacher_workdir; set the weight to 0 for no standard teacher")
+
+
+def _validate_swa(t) -> None:
+  start = t.get('swa_start_epoch', -1)
+  if not -1 <= start < t.epochs:
+    raise ConfigError(f'train.swa_start_epoch={start!r} must lie in [-1, train.epochs - 1 = '
+                      f'{t.epochs - 1}] (-1 = no SWA; else the 0-based first averaged epoch)')
+  if t.get('swa_every_steps', 0) < 0:
+    raise ConfigError(f'train.swa_every_steps={t.swa_every_steps!r} must be >= 0 '
+                      '(0 = a snapshot at every epoch end)')

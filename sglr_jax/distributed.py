@@ -7,15 +7,16 @@ processes. On one process both do nothing.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 
 from sglr_jax import errors
 
 ENABLED = ('auto', 'true', 'false')
-_SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
-               'SLURM_LOCALID')
+# jax.distributed.initialize's error when neither the arguments, JAX_COORDINATOR_ADDRESS
+# nor any cluster JAX knows gives a coordinator: 'auto' then runs as one process.
+_NO_CLUSTER = 'coordinator_address should be defined'
+_TOO_LATE = 'must be called before'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,36 +29,7 @@ class DistributedParams:
   local_device_ids: tuple[int, ...] = ()  # () = all local devices
 
 
-def cluster_detected() -> str:
-  """Which multi-process launcher set this environment ('' = none): ``srun`` with
-  more than one task, or a Cloud TPU pod slice with more than one host."""
-  env = os.environ
-  if all(v in env for v in _SLURM_VARS) and int(env['SLURM_NTASKS'] or 1) > 1:
-    return 'slurm'
-  hosts = [h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]
-  if len(hosts) > 1:
-    return 'tpu'
-  return ''
-
-
-def maybe_initialize(params: DistributedParams) -> bool:
-  """Calls ``jax.distributed.initialize`` when the config or the environment asks.
-
-  ``enabled``: 'auto' initialises when a coordinator address is given (config or
-  ``JAX_COORDINATOR_ADDRESS``), under ``srun`` with several tasks, or on a multi-host
-  TPU pod slice, leaving the rest (address, process count and id) to JAX's cluster
-  detection unless the config sets them; 'true' always calls it (any cluster JAX
-  detects: SLURM, Open MPI, Kubernetes, TPU); 'false' never. A single process
-  (workstation, one-task SLURM job) needs none of it.
-  """
-  mode = str(params.enabled).lower()
-  if mode not in ENABLED:
-    raise errors.ConfigError(f'distributed.enabled={params.enabled!r}; allowed: '
-                             f'{", ".join(ENABLED)}')
-  if mode == 'false':
-    return False
-  if jax.distributed.is_initialized():  # e.g. a second in-process run
-    return True
+def _kwargs(params: DistributedParams) -> dict:
   kwargs = {}
   if params.coordinator_address:
     kwargs['coordinator_address'] = params.coordinator_address
@@ -67,13 +39,52 @@ def maybe_initialize(params: DistributedParams) -> bool:
     kwargs['process_id'] = int(params.process_id)
   if params.local_device_ids:
     kwargs['local_device_ids'] = list(params.local_device_ids)
-  asked = bool(kwargs.get('coordinator_address') or os.environ.get('JAX_COORDINATOR_ADDRESS'))
-  if mode == 'auto' and not (asked or cluster_detected()):
+  return kwargs
+
+
+def maybe_initialize(params: DistributedParams) -> bool:
+  """Calls ``jax.distributed.initialize`` when the config or the environment asks.
+
+  ``enabled``: 'true' always calls it; 'false' never; 'auto' calls it and lets JAX find
+  the cluster itself: the config's values, ``JAX_COORDINATOR_ADDRESS``, or any cluster
+  JAX detects (SLURM, Open MPI, Kubernetes, Cloud TPU VMs through their metadata server,
+  GKE TPU slices). When JAX finds no coordinator it raises before it starts anything,
+  and the run is one process. Why not a list of environment variables here, or JAX's
+  cluster classes: JAX's detection is the one that decides the coordinator, process
+  count and id, it covers launchers as they are added (a plain Cloud TPU VM sets no
+  environment variable at all), and its classes are private. The cost: a one-process
+  job under a launcher JAX detects (a one-task ``srun``, a single TPU VM) also starts
+  the coordination service, with one process; nothing else changes for it.
+  Returns whether ``jax.distributed`` is initialised.
+  """
+  mode = str(params.enabled).lower()
+  if mode not in ENABLED:
+    raise errors.ConfigError(f'distributed.enabled={params.enabled!r}; allowed: '
+                             f'{", ".join(ENABLED)}')
+  if mode == 'false':
     return False
-  # CPU collectives across processes (tests, CPU clusters); GPU/TPU are unaffected.
-  # The backend must not be touched before initialize(), so no backend check here.
+  if jax.distributed.is_initialized():  # e.g. a second in-process run
+    return True
+  try:
+    jax.distributed.initialize(**_kwargs(params))
+  except RuntimeError as e:
+    # 'auto' in a process whose backend already started (a second in-process run, a
+    # notebook): it cannot join a cluster any more and runs alone, as before.
+    if mode == 'auto' and _TOO_LATE in str(e):
+      return False
+    raise
+  except ValueError as e:
+    if _NO_CLUSTER not in str(e) or jax.distributed.is_initialized():
+      raise
+    if mode == 'auto':
+      return False
+    raise errors.ConfigError(
+        'distributed.enabled=true but no coordinator: set distributed.coordinator_address '
+        '(or JAX_COORDINATOR_ADDRESS), or launch under a cluster JAX detects') from None
+  # CPU collectives across processes (tests, CPU clusters); GPU/TPU are unaffected. Set
+  # after initialize (which must come before any backend starts; this only records a
+  # choice the CPU backend reads when it starts).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**kwargs)
   return True
 
 

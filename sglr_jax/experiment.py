@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from sglr_jax import checkpoints, config_validation, data, distributed, errors, mesh as mesh_lib
 from sglr_jax import models, objectives, sglr_table
 from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps
-from sglr_jax.training import state as state_lib, step as step_lib
+from sglr_jax.training import awp as awp_lib, state as state_lib, step as step_lib
+from sglr_jax.training import swa as swa_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,8 @@ class TrainParams:
   halt_after_epoch: int = 0  # stop (resumable) after this epoch; 0 = never
   checkpoint_every_steps: int = 0  # also save ``latest`` every N steps; 0 = epoch ends only
   train_fit_every_epochs: int = 1  # clean / noisy-label fit of the train set; 0 = never
+  swa_start_epoch: int = -1  # first epoch (0-based) whose weights are averaged; -1 = no SWA
+  swa_every_steps: int = 0  # steps between SWA snapshots; 0 = at every epoch end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Experiment:
   steps_per_epoch: int
   seed: int
   init_options: Optional[dict] = None  # compiler options of the parameter initialisation
+  teacher_workdirs: tuple[str, ...] = ()  # KD: robust teacher, then the standard one if any
 
 
 class PlatformParts(NamedTuple):
@@ -103,7 +107,28 @@ def objective_params(config) -> objectives.ObjectiveParams:
       name=o.name, eps=float(a.eps), step_size=float(a.step_size), steps=int(a.steps),
       beta=float(o.beta), ls_eps=float(o.ls_eps), te_weight=float(o.te_weight),
       te_momentum=float(o.te_momentum), te_rampup_epochs=int(o.te_rampup_epochs),
-      norm=str(a.get('norm', 'Linf')))
+      norm=str(a.get('norm', 'Linf')), kd_temperature=float(o.get('kd_temperature', 2.0)),
+      kd_ce_weight=float(o.get('kd_ce_weight', 0.3)), kd_weight=float(o.get('kd_weight', 0.6)),
+      kd_std_weight=float(o.get('kd_std_weight', 0.1)))
+
+
+def awp_params(config) -> Optional[awp_lib.AWPParams]:
+  """None when AWP is off (``objective.awp_gamma`` 0; configs written before it: off)."""
+  o = config.objective
+  gamma = float(o.get('awp_gamma', 0.0))
+  if gamma <= 0:
+    return None
+  return awp_lib.AWPParams(gamma=gamma, warmup_epochs=int(o.get('awp_warmup_epochs', 0)))
+
+
+def swa_params(config, steps_per_epoch: int) -> Optional[swa_lib.SWAParams]:
+  """None when SWA is off (``train.swa_start_epoch`` -1; configs written before it: off)."""
+  t = config.train
+  start = int(t.get('swa_start_epoch', -1))
+  if start < 0:
+    return None
+  every = int(t.get('swa_every_steps', 0) or 0) or steps_per_epoch
+  return swa_lib.SWAParams(start_step=start * steps_per_epoch, every_steps=every)
 
 
 def sglr_params(config) -> Optional[sglr_table.SGLRParams]:
@@ -116,9 +141,11 @@ def sglr_params(config) -> Optional[sglr_table.SGLRParams]:
       alpha=float(s.alpha), start_epoch=int(s.start_epoch))
 
 
-def step_config(config, num_classes: int) -> step_lib.StepConfig:
+def step_config(config, num_classes: int, steps_per_epoch: int = 1) -> step_lib.StepConfig:
+  """``steps_per_epoch``: converts SWA's epoch settings into steps."""
   return step_lib.StepConfig(objective_params(config), sglr_params(config), num_classes,
-                             bool(config.data.augment), config.sglr.table_sharding)
+                             bool(config.data.augment), config.sglr.table_sharding,
+                             awp=awp_params(config), swa=swa_params(config, steps_per_epoch))
 
 
 def optim_params(config) -> state_lib.OptimParams:
@@ -139,7 +166,9 @@ def train_params(config) -> TrainParams:
       epochs=int(t.epochs), batch_size=int(t.batch_size),
       halt_after_epoch=int(t.halt_after_epoch or 0),
       checkpoint_every_steps=int(t.get('checkpoint_every_steps', 0) or 0),
-      train_fit_every_epochs=int(t.train_fit_every_epochs or 0))
+      train_fit_every_epochs=int(t.train_fit_every_epochs or 0),
+      swa_start_epoch=int(t.get('swa_start_epoch', -1)),
+      swa_every_steps=int(t.get('swa_every_steps', 0) or 0))
 
 
 def eval_params(config) -> EvalParams:
@@ -182,6 +211,8 @@ def model_kwargs(config) -> dict:
     kwargs['dense'] = int(m.dense)
   if m.get('features'):
     kwargs['features'] = tuple(int(f) for f in m.features)
+  if not m.get('batch_norm', True):
+    kwargs['batch_norm'] = False
   return kwargs
 
 
@@ -207,7 +238,8 @@ def build(config, ds: Optional[data.Dataset] = None) -> Experiment:
   mesh = mesh_lib.make_mesh(config.parallel.num_devices)
   train, ev = train_params(config), eval_params(config)
   mesh_lib.check_batch_size(train.batch_size, mesh, 'train.batch_size')
-  mesh_lib.check_batch_size(ev.batch_size, mesh, 'eval.batch_size')
+  # padded and masked by every evaluator: any device count works
+  ev = dataclasses.replace(ev, batch_size=mesh_lib.eval_batch_size(ev.batch_size, mesh))
   n = len(ds.train_labels)
   if n < train.batch_size:
     raise errors.ConfigError(
@@ -215,12 +247,14 @@ def build(config, ds: Optional[data.Dataset] = None) -> Experiment:
   parts = platform_parts(config.model.name)
   model = models.create_model(config.model.name, ds.num_classes, bn_axis_name=mesh_lib.AXIS,
                               **model_kwargs(config), **parts.model_parts)
+  spe = data.steps_per_epoch(n, train.batch_size)
   return Experiment(
       config=config, ds=ds, mesh=mesh, model=model, eval_model=float32_model(model),
-      step=step_config(config, ds.num_classes),
+      step=step_config(config, ds.num_classes, spe),
       train=train, optim=optim_params(config), schedule=schedule_params(config), eval=ev,
-      attack_ops=parts.attack_ops, steps_per_epoch=data.steps_per_epoch(n, train.batch_size),
-      seed=int(config.seed), init_options=parts.init_options)
+      attack_ops=parts.attack_ops, steps_per_epoch=spe,
+      seed=int(config.seed), init_options=parts.init_options,
+      teacher_workdirs=teacher_workdirs(config))
 
 
 def float32_model(model):
@@ -235,7 +269,7 @@ def initial_state(exp: Experiment) -> state_lib.TrainState:
   st = state_lib.create_train_state(
       exp.model, tx, exp.ds.image_shape, labels, exp.ds.num_classes,
       jax.random.PRNGKey(exp.seed), table_rows=mesh_lib.table_rows(len(labels), exp.mesh),
-      compiler_options=exp.init_options)
+      compiler_options=exp.init_options, swa=exp.step.swa is not None)
   return jax.device_put(st, mesh_lib.state_shardings(st, exp.mesh, exp.step.table_layout))
 
 
@@ -264,8 +298,53 @@ def restore(exp: Experiment, workdir: str, kind: str):
 
 
 def variables_of(st) -> dict:
-  """The model's variables in a train state."""
+  """The variables every evaluation uses: the SWA average (with its recomputed BatchNorm
+  statistics) once it holds a snapshot, else the trained weights."""
+  if st.swa_count is not None and int(st.swa_count) > 0:
+    return {'params': st.swa_params, 'batch_stats': st.swa_batch_stats}
   return {'params': st.params, 'batch_stats': st.batch_stats}
+
+
+# ------------------------------------------------------------------------ teachers
+
+TEACHER_FIELDS = ('objective.teacher_workdir', 'objective.std_teacher_workdir')
+# Which checkpoint of a teacher distils: the robust teacher's best test PGD-20 accuracy
+# (the reference's robust-accuracy best); the standard teacher's final weights (runs
+# select 'best' by robust accuracy, meaningless for a standard model).
+TEACHER_KINDS = ('best', 'final')
+
+
+def teacher_workdirs(config) -> tuple[str, ...]:
+  """KD's teacher workdirs (robust first), () for other objectives."""
+  o = config.objective
+  if o.name != 'kd':
+    return ()
+  std = str(o.get('std_teacher_workdir', '') or '')
+  return (str(o.get('teacher_workdir', '') or ''),) + ((std,) if std else ())
+
+
+def load_teachers(exp: Experiment) -> tuple:
+  """KD's teachers as ``(model, variables)`` pairs, variables replicated on ``exp.mesh``.
+
+  Each teacher is rebuilt from its own ``config.json`` (any model of ours) and restored
+  read-only; one that is missing or was trained on another dataset is a ``UserError``
+  naming the field, raised before anything is written.
+  """
+  out = []
+  for field, kind, wd in zip(TEACHER_FIELDS, TEACHER_KINDS, exp.teacher_workdirs):
+    try:
+      tc = load_workdir_config(wd)
+      if str(tc.data.name) != str(exp.config.data.name):
+        raise errors.ConfigError(
+            f'was trained on data.name={tc.data.name!r}; this run trains on '
+            f'{exp.config.data.name!r} (a teacher must share the classes and image shape)')
+      tc.parallel.num_devices = int(exp.mesh.devices.size)
+      texp = build(tc, ds=exp.ds)
+      st, _ = restore(texp, wd, kind)
+    except errors.UserError as e:
+      raise type(e)(f'{field}={wd!r}: {e}') from e
+    out.append((texp.model, variables_of(st)))
+  return tuple(out)
 
 
 def load_workdir_config(workdir: str):

@@ -1,4 +1,8 @@
-"""The per-epoch history of a run: ``WORKDIR/history.jsonl``, one JSON object per epoch."""
+"""The per-epoch history of a run: ``WORKDIR/history.jsonl``, one JSON object per epoch.
+
+``append_history`` also writes the record's numbers to TensorBoard event files
+(``WORKDIR/tensorboard/epoch/``, see ``sglr_jax.tensorboard``): one interface, two views.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +10,7 @@ import os
 import warnings
 
 from sglr_jax import strict_json
+from sglr_jax import tensorboard
 
 
 def read_history(workdir: str, strict: bool = True) -> list[dict]:
@@ -57,9 +62,12 @@ def truncate_history(workdir: str, last_epoch: int) -> None:
   os.replace(tmp, path)
 
 
-def append_history(workdir: str, record: dict) -> None:
-  """Appends one epoch's line (strict JSON: a non-finite number is written as null)."""
+def append_history(workdir: str, record: dict, events: bool = True) -> None:
+  """Appends one epoch's line (strict JSON: a non-finite number is written as null) and,
+  with ``events``, the record's scalars to TensorBoard at step ``record['epoch']``."""
   with open(os.path.join(workdir, 'history.jsonl'), 'a') as f:
     f.write(strict_json.dumps(record) + '\n')
     f.flush()
     os.fsync(f.fileno())
+  if events:
+    tensorboard.write_epoch(workdir, record)

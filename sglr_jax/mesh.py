@@ -7,6 +7,8 @@ only its slice of every global batch.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -57,10 +59,25 @@ def state_shardings(state, mesh: Mesh, table_layout: str):
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, field: str):
-  """The global batch must split evenly over devices and processes."""
-  if batch_size % mesh.size or batch_size % jax.process_count():
-    raise errors.ConfigError(f'{field}={batch_size} must be divisible by the number of '
-                             f'devices ({mesh.size}) and processes ({jax.process_count()})')
+  """The global batch must split evenly over devices and processes (the train batch:
+  padding it would change the gradient). The error names the nearest valid sizes."""
+  d = math.lcm(mesh.size, jax.process_count())
+  if batch_size % d:
+    below, above = batch_size // d * d, -(-batch_size // d) * d
+    near = ' or '.join(str(b) for b in (below, above) if b > 0)
+    raise errors.ConfigError(
+        f'{field}={batch_size} must be divisible by the number of devices ({mesh.size}) '
+        f'and processes ({jax.process_count()}); nearest valid values: {near}')
+
+
+def eval_batch_size(requested: int, mesh: Mesh) -> int:
+  """``eval.batch_size`` rounded up to a multiple of the global device count (and of the
+  process count): every evaluator pads its last batch and masks the padding rows, so a
+  larger batch changes no result, and the shipped configs run on any device count."""
+  if requested < 1:
+    raise errors.ConfigError(f'eval.batch_size={requested}: a positive count')
+  d = math.lcm(mesh.size, jax.process_count())
+  return -(-requested // d) * d
 
 
 def to_global(batch: dict, mesh: Mesh) -> dict:

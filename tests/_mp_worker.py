@@ -14,6 +14,9 @@ parent sets with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``:
   {"job": "cli", "argv": [...], "sigterm": [PROCESS, STEP]}
                                      # the command line (run.py), with SIGTERM to
                                      # process PROCESS after its train step STEP
+  {"job": "cli", "argv": [...], "sigterm_self": STEP}
+                                     # the same, SIGTERM to this process after STEP
+                                     # (no jax.distributed client needed)
 
 The helpers are shared by the parent test process, so both sides run the same
 procedure. Every event a test waits for is raised by the run itself at a chosen step
@@ -229,17 +232,39 @@ def _job_steps(spec):
 def kill_inside_save(checkpoint: str):
   """SIGKILLs this process inside the save of ``checkpoint`` (e.g. 'latest/6'): after
   Orbax's handler wrote its files into the temporary directory, before the commit
-  (the rename that makes the checkpoint visible)."""
+  (the rename that makes the checkpoint visible). A checkpoint made as links to another
+  one ('best' / 'final' of an epoch end) dies after its files are linked into the
+  temporary directory, before that directory is renamed into place."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from sglr_jax import checkpoints  # pylint: disable=g-import-not-at-top
   handler_save = ocp.CompositeCheckpointHandler.save
+  handler_async_save = ocp.CompositeCheckpointHandler.async_save
+  link_tree = checkpoints._link_tree  # pylint: disable=protected-access
+
+  def kill_if(directory):
+    if f'/{checkpoint}.orbax-checkpoint-tmp' in str(directory):
+      os.kill(os.getpid(), signal.SIGKILL)
 
   def save(self, directory, *args, **kwargs):
     out = handler_save(self, directory, *args, **kwargs)
-    if f'/{checkpoint}.orbax-checkpoint-tmp' in str(directory):
-      os.kill(os.getpid(), signal.SIGKILL)
+    kill_if(directory)
     return out
 
+  async def async_save(self, directory, *args, **kwargs):  # an asynchronous save
+    futures = await handler_async_save(self, directory, *args, **kwargs)
+    for f in futures or ():
+      f.result()  # its files are written
+    kill_if(directory)
+    return futures
+
+  def link(src, root, key):
+    if os.path.join(root, str(key)).endswith('/' + checkpoint):
+      checkpoints.os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+    return link_tree(src, root, key)
+
   ocp.CompositeCheckpointHandler.save = save
+  ocp.CompositeCheckpointHandler.async_save = async_save
+  checkpoints._link_tree = link  # pylint: disable=protected-access
 
 
 def _job_train(spec):
@@ -289,6 +314,10 @@ def _job_cli(spec):
   if spec.get('sigterm'):
     loop.train_and_evaluate = functools.partial(loop.train_and_evaluate,
                                                 hooks=[sigterm_hook(*spec['sigterm'])])
+  if spec.get('sigterm_self'):
+    at = int(spec['sigterm_self'])
+    hook = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == at else None
+    loop.train_and_evaluate = functools.partial(loop.train_and_evaluate, hooks=[hook])
   sys.argv = [os.path.join(ROOT, 'run.py')] + spec['argv']
   cli.main()
 

@@ -32,6 +32,11 @@ def tiny_config(name='mnist_sglr', **overrides):
   c.eval.autoattack_budget = 'smoke'
   if c.sglr.enabled:
     c.sglr.start_epoch = 1
+  return set_fields(c, overrides)
+
+
+def set_fields(c, overrides: dict):
+  """``c`` with each dotted field of ``overrides`` set (``{'train.epochs': 2}``)."""
   for k, v in overrides.items():
     node = c
     *path, last = k.split('.')

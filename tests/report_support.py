@@ -38,6 +38,7 @@ def history(epochs=30, sglr=False, noisy=True, lr_decays=(15, 22)):
         'test_pgd20_acc': 0.2 + 0.3 * rise - 0.4 * over,
         'grad_norm': 1.0 + 0.1 * rise + 4 * over + 0.05 * (e % 3),
         'epoch_time_s': 1.5,
+        'test_ece_clean': 0.02 + 0.1 * over, 'test_ece_pgd20': 0.05 + 0.2 * over,
     }
     if noisy:
       rec['train_noisy_fit'] = 0.1 + 0.85 * over + 0.05 * rise

@@ -45,7 +45,7 @@ def test_every_config_is_covered():
 
 
 @pytest.mark.parametrize('name', CONFIGS)
-def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
+def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path, tmp_path_factory):
   c = importlib.import_module(f'sglr_jax.configs.{name}').get_config()
   width, depth = TINY_MODEL[c.model.name]
   if depth:  # a preset's name fixes its depth: the same architecture under its generic name
@@ -61,6 +61,16 @@ def test_config_trains_two_steps_and_evaluates(name, cifar_dir, tmp_path):
   c.parallel.num_devices = 1
   noisy = c.data.noise.kind != 'none' and c.data.noise.rate > 0
   c.train.train_fit_every_epochs = 1 if noisy else 0  # the memorisation metrics
+  if c.train.get('swa_start_epoch', -1) >= 0:  # averaging from the one epoch
+    c.train.swa_start_epoch = 0
+  if c.objective.name == 'kd':  # its teachers: a PGD-AT run of the same tiny setup
+    t = c.copy_and_resolve_references()
+    t.objective.name, t.train.swa_start_epoch = 'at', -1
+    twd = str(tmp_path_factory.mktemp('teacher'))
+    loop.train_and_evaluate(t, twd, progress=False)
+    c.objective.teacher_workdir = twd
+    if c.objective.std_teacher_workdir:
+      c.objective.std_teacher_workdir = twd
   wd = str(tmp_path)
   hist = loop.train_and_evaluate(c, wd, progress=False)
   assert len(hist) == 1 and math.isfinite(hist[0]['train_loss'])

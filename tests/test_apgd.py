@@ -23,6 +23,19 @@ def test_checkpoints_match_reference_schedule():
   assert [k for _, k in apgd.checkpoint_schedule(100)] == [22, 19, 16, 13, 10, 7, 6, 6]
 
 
+def _ref_check(loss_steps, i, k, rho, reduced_last_check, loss_best_last_check, loss_best):
+  """The reference's checkpoint test at iteration ``i`` (window ``k``): the halving flags
+  (oscillation, or no improvement since a check that did not halve) and the new
+  ``reduced_last_check``, ``loss_best_last_check``."""
+  t = np.zeros(loss_steps.shape[1], np.float32)
+  for c5 in range(k):  # python's negative index wraps like torch's
+    t += (loss_steps[i - c5] > loss_steps[i - c5 - 1]).astype(np.float32)
+  fl_osc = (t <= k * rho * np.ones_like(t)).astype(np.float32)
+  fl_no_impr = (1. - reduced_last_check) * (loss_best_last_check >= loss_best)
+  fl_osc = np.maximum(fl_osc, fl_no_impr)
+  return fl_osc > 0, fl_osc.copy(), loss_best.copy()
+
+
 def reference_step_rule(loss0, trace, rho=0.75):
   """A line-by-line numpy transcription of the reference's bookkeeping in
   ``APGDAttack.attack_single_run`` (Linf/L2 branch). Returns the halving flags [n, B]."""
@@ -42,15 +55,8 @@ def reference_step_rule(loss0, trace, rho=0.75):
     loss_best[ind] = y1[ind]
     counter3 += 1
     if counter3 == k:
-      t = np.zeros(b, np.float32)
-      for c5 in range(k):  # python's negative index wraps like torch's
-        t += (loss_steps[i - c5] > loss_steps[i - c5 - 1]).astype(np.float32)
-      fl_osc = (t <= k * rho * np.ones_like(t)).astype(np.float32)
-      fl_no_impr = (1. - reduced_last_check) * (loss_best_last_check >= loss_best)
-      fl_osc = np.maximum(fl_osc, fl_no_impr)
-      reduced_last_check = fl_osc.copy()
-      loss_best_last_check = loss_best.copy()
-      halved[i] = fl_osc > 0
+      halved[i], reduced_last_check, loss_best_last_check = _ref_check(
+          loss_steps, i, k, rho, reduced_last_check, loss_best_last_check, loss_best)
       k = max(k - size_decr, n_iter_min)
       counter3 = 0
   return halved
@@ -251,3 +257,164 @@ def test_apgd_early_stop_same_verdicts_earlier_points(cnn, apgd_linf):
   _check_feasible(a, x, EPS, 'Linf')
   np.testing.assert_array_equal(_fooled(logits_fn, a, y), np.asarray(fooled))
   assert not np.array_equal(np.asarray(a), np.asarray(full))  # it did stop early
+
+
+# ------------------------------------------------ same start: the reference's iterates
+
+def _ref_project(z, x, eps, norm):
+  """The reference's projection: Linf clip to the ball, or L2 rescale of ``z - x`` to
+  at most ``eps``; then [0, 1]."""
+  if norm == 'Linf':
+    return np.clip(np.minimum(np.maximum(z, x - np.float32(eps)), x + np.float32(eps)), 0., 1.)
+  d = z - x
+  n = np.sqrt((d ** 2).reshape(len(d), -1).sum(1)).reshape(-1, 1, 1, 1)
+  return np.clip(x + d / (n + 1e-12) * np.minimum(np.float32(eps), n), 0., 1.)
+
+
+def reference_single_run(loss_grad, x, y, x_init, eps, n_iter, norm='Linf', rho=0.75):
+  """A line-by-line numpy transcription of the reference's
+  ``APGDAttack.attack_single_run(x, y, x_init)`` (Linf and L2, eot_iter=1): momentum
+  0.75 but not on the first step, projection before and after the momentum, the best
+  point on ``loss > loss_best``, the checkpoint rule, restart of the halved points from
+  ``x_best`` with ``grad_best`` (``x_adv_old`` kept), and the last misclassified
+  iterate ``x_best_adv``. ``loss_grad(x) -> (loss [B], logits [B, K], grad)`` in numpy.
+  Returns ``(x_best, acc, loss_best, x_best_adv)`` as the reference does."""
+  x = np.asarray(x, np.float32)
+  b = x.shape[0]
+  n_iter_2, n_iter_min = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
+  size_decr = max(int(0.03 * n_iter), 1)
+  x_adv = np.clip(np.asarray(x_init, np.float32), 0., 1.)
+  x_best, x_best_adv = x_adv.copy(), x_adv.copy()
+  loss_steps = np.zeros([n_iter, b], np.float32)
+  loss_indiv, logits, grad = loss_grad(x_adv)
+  grad_best = grad.copy()
+  acc = logits.argmax(1) == y
+  loss_best = loss_indiv.copy()
+  step_size = np.float32(2. * eps) * np.ones([b, 1, 1, 1], np.float32)
+  x_adv_old = x_adv.copy()
+  k, counter3 = n_iter_2, 0
+  loss_best_last_check = loss_best.copy()
+  reduced_last_check = np.ones_like(loss_best)
+  for i in range(n_iter):
+    grad2 = x_adv - x_adv_old
+    x_adv_old = x_adv.copy()
+    a = np.float32(0.75 if i > 0 else 1.0)
+    if norm == 'Linf':
+      x_adv_1 = x_adv + step_size * np.sign(grad)
+    else:
+      gn = np.sqrt((grad ** 2).reshape(b, -1).sum(1)).reshape(-1, 1, 1, 1)
+      x_adv_1 = x_adv + step_size * grad / (gn + 1e-12)
+    x_adv_1 = _ref_project(x_adv_1, x, eps, norm)
+    x_adv_1 = _ref_project(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), x, eps, norm)
+    x_adv = x_adv_1
+    loss_indiv, logits, grad = loss_grad(x_adv)
+    pred = logits.argmax(1) == y
+    acc = acc & pred
+    x_best_adv[~pred] = x_adv[~pred]
+    loss_steps[i] = loss_indiv
+    ind = loss_indiv > loss_best
+    x_best[ind] = x_adv[ind]
+    grad_best[ind] = grad[ind]
+    loss_best[ind] = loss_indiv[ind]
+    counter3 += 1
+    if counter3 == k:
+      red, reduced_last_check, loss_best_last_check = _ref_check(
+          loss_steps, i, k, rho, reduced_last_check, loss_best_last_check, loss_best)
+      step_size[red] /= 2.0
+      x_adv[red] = x_best[red]
+      grad[red] = grad_best[red]
+      k = max(k - size_decr, n_iter_min)
+      counter3 = 0
+  return x_best, acc, loss_best, x_best_adv
+
+
+def _same_run(ours, ref, tol=1e-6):
+  """Same verdicts and best losses; the same points up to float rounding (a row may
+  differ where two iterates' losses tie to the last bit and the other became x_best).
+  ``tol``: per-row max difference; L2 steps are continuous, so the two float orders of
+  the gradient's norm drift apart a little over the iterations."""
+  x_best, robust, loss_best, x_last_adv = (np.asarray(a) for a in ours)
+  np.testing.assert_array_equal(robust, np.asarray(ref[1]))
+  np.testing.assert_allclose(loss_best, ref[2], rtol=1e-5, atol=1e-6)
+  for mine, theirs in ((x_best, ref[0]), (x_last_adv, ref[3])):
+    row = np.abs(mine - np.asarray(theirs)).reshape(len(mine), -1).max(1)
+    assert (row <= tol).mean() >= 0.9, np.sort(row)[-8:]
+  assert 0 < robust.mean() < 1  # eps picked so the comparison is not vacuous
+
+
+def _loss_for(cnn, loss):
+  """``(loss_fn, target)``: CE, or the targeted DLR towards the runner-up class."""
+  logits_fn, x, y = cnn
+  if loss == 'ce':
+    return lambda lg: losses.cross_entropy(lg, y), None
+  target = apgd.target_labels(jax.jit(logits_fn)(x), 2)
+  return lambda lg: losses.targeted_dlr(lg, y, target), target
+
+
+def _ours_from(cnn, loss_fn, eps, norm, x0):
+  logits_fn, x, y = cnn
+  return jax.jit(lambda x, y, x0: apgd.apgd_single_run(
+      logits_fn, loss_fn, x, y, None, eps=eps, n_iter=100, norm=norm, x_init=x0, ops=OPS),
+                 compiler_options=O2)(x, y, x0)
+
+
+def _start(x, eps, norm):
+  """The start ``apgd_run`` draws for run 0 of key 0."""
+  return apgd.random_start(apgd.run_keys(jax.random.key(0), x.shape[0], None, 0), x, eps,
+                           norm, on_sphere=True)
+
+
+@pytest.mark.parametrize('loss,norm,eps', [('ce', 'Linf', 2 / 255),
+                                           ('dlr-targeted', 'Linf', 2 / 255),
+                                           ('ce', 'L2', 0.1)])
+def test_apgd_same_start_same_iterates_as_reference_transcription(cnn, loss, norm, eps):
+  logits_fn, x, y = cnn
+  loss_fn, _ = _loss_for(cnn, loss)
+  x0 = _start(x, eps, norm)
+  ours = _ours_from(cnn, loss_fn, eps, norm, x0)
+  lg = jax.jit(apgd.loss_grad_fn(logits_fn, loss_fn, OPS), compiler_options=O2)
+  loss_grad = lambda z: tuple(np.array(a) for a in lg(jnp.asarray(z)))
+  ref = reference_single_run(loss_grad, x, np.asarray(y), x0, eps, 100, norm)
+  _same_run(ours, ref, 1e-6 if norm == 'Linf' else 5e-4)
+
+
+def test_apgd_run_starts_where_run_keys_say(cnn):
+  """``x_init`` replays a run: the start from ``run_keys`` gives ``apgd_run``'s result."""
+  logits_fn, x, y = cnn
+  eps = 2 / 255
+  loss_fn, _ = _loss_for(cnn, 'ce')
+  via_run = jax.jit(lambda x, y: apgd.apgd_run(logits_fn, x, y, 0, eps=eps,
+                                               key=jax.random.key(0), ops=OPS),
+                    compiler_options=O2)(x, y)
+  _, robust, _, last = _ours_from(cnn, loss_fn, eps, 'Linf', _start(x, eps, 'Linf'))
+  np.testing.assert_array_equal(np.asarray(via_run[1]), np.asarray(robust))
+  # the start drawn inside or outside the run's program: equal up to an ulp
+  np.testing.assert_allclose(np.asarray(via_run[0]), np.asarray(last), atol=1e-6)
+  assert not bool(robust.all()) and bool(robust.any())
+
+
+@pytest.mark.parametrize('loss', ['ce', 'dlr-targeted'])
+def test_apgd_same_start_same_iterates_as_pyautoattack(cnn, loss):
+  """The reference itself (``pyautoattack``, when installed) from our start on the same
+  JAX model (``bench.attacks.jax_backed_torch_model``): its loss and gradient bookkeeping
+  in torch, ours in JAX."""
+  torch = pytest.importorskip('torch')
+  autopgd = pytest.importorskip('pyautoattack.autopgd_base')
+  from bench.attacks import jax_backed_torch_model  # pylint: disable=g-import-not-at-top
+  logits_fn, x, y = cnn
+  eps = 2 / 255
+  loss_fn, target = _loss_for(cnn, loss)
+  x0 = _start(x, eps, 'Linf')
+  ours = _ours_from(cnn, loss_fn, eps, 'Linf', x0)
+  net = jax_backed_torch_model(logits_fn)
+  cls = autopgd.APGDAttack if loss == 'ce' else autopgd.APGDAttack_targeted
+  att = cls(net, n_iter=100, norm='Linf', eps=eps, n_restarts=1, device='cpu')
+  nchw = lambda a: torch.from_numpy(np.array(np.asarray(a).transpose(0, 3, 1, 2)))
+  att.init_hyperparam(nchw(x))
+  if target is not None:
+    att.y_target = torch.from_numpy(np.array(target)).long()
+  with torch.no_grad():
+    ref = att.attack_single_run(nchw(x), torch.from_numpy(np.array(y)).long(),
+                                x_init=nchw(x0))
+  nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)
+  _same_run(ours, (nhwc(ref[0]), ref[1].numpy(), ref[2].numpy(), nhwc(ref[3])))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _aa_kill_worker as kill_worker
 from attack_support import OPS
 from sglr_jax.attacks import autoattack as aa
 
@@ -25,13 +25,8 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope='module')
 def problem():
-  rng = np.random.default_rng(2)
-  wmat = jnp.asarray(rng.normal(size=(HW * HW, K)), jnp.float32)
-  fn = lambda z: z.reshape(z.shape[0], -1) @ wmat
-  x = rng.uniform(size=(N, HW, HW, 1)).astype(np.float32)
-  y = np.asarray(fn(x)).argmax(1)
-  y[::5] = (y[::5] + 1) % K
-  return fn, x, y
+  assert (kill_worker.HW, kill_worker.K) == (HW, K)
+  return kill_worker.problem(N, seed=2)
 
 
 def _run(problem, **kwargs):

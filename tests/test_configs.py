@@ -36,6 +36,10 @@ BAD = [
     ('model.dense', 64, 'model.dense'),  # small_cnn only (the default model is small_cnn)
     ('schedule.name', 'step', 'schedule.name'),
     ('train.checkpoint_every_steps', -1, 'train.checkpoint_every_steps'),
+    ('objective.awp_gamma', -0.01, 'objective.awp_gamma'),
+    ('train.swa_start_epoch', 3, 'train.swa_start_epoch'),  # tiny: 3 epochs
+    ('train.swa_start_epoch', -2, 'train.swa_start_epoch'),
+    ('train.swa_every_steps', -1, 'train.swa_every_steps'),
 ]
 
 
@@ -121,3 +125,30 @@ def test_experiment_params_read_the_config():
   sc = experiment.step_config(c, 10)
   assert sc.sglr.start_epoch == 1 and sc.objective.name == c.objective.name
   assert experiment.sglr_params(tiny_config('mnist_at')) is None
+
+
+def test_configs_written_before_awp_kd_swa_still_build():
+  """A workdir's config.json from before these fields (evaluation reads it): all off."""
+  c = tiny_config('mnist_at')
+  for f in ('awp_gamma', 'awp_warmup_epochs', 'teacher_workdir', 'std_teacher_workdir',
+            'kd_temperature', 'kd_ce_weight', 'kd_weight', 'kd_std_weight'):
+    del c.objective[f]
+  del c.train['swa_start_epoch'], c.train['swa_every_steps']
+  config_validation.validate(c)
+  sc = experiment.step_config(c, 10, 4)
+  assert sc.awp is None and sc.swa is None
+  assert experiment.teacher_workdirs(c) == ()
+
+
+def test_awp_and_swa_params_read_the_config():
+  c = tiny_config('mnist_kd_swa', **{'objective.awp_gamma': 0.01, 'objective.awp_warmup_epochs': 1,
+                                     'train.swa_start_epoch': 2})
+  sc = experiment.step_config(c, 10, 4)
+  assert (sc.awp.gamma, sc.awp.warmup_epochs) == (0.01, 1)
+  assert (sc.swa.start_step, sc.swa.every_steps) == (8, 4)  # every 0: once per epoch
+  c.train.swa_every_steps = 3
+  assert experiment.step_config(c, 10, 4).swa.every_steps == 3
+  assert experiment.teacher_workdirs(c) == ('runs/mnist_at', 'runs/mnist_standard')
+  with pytest.raises(errors.ConfigError, match='objective.awp_warmup_epochs'):
+    config_validation.validate(tiny_config(**{'objective.awp_gamma': 0.01,
+                                              'objective.awp_warmup_epochs': 3}))

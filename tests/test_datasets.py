@@ -109,6 +109,6 @@ def test_bad_params_raise_one_line_config_errors(params, field):
 def test_public_api():
   assert sorted(data.__all__) == sorted([
       'DATASETS', 'DataParams', 'Dataset', 'load', 'train_batches', 'eval_batches',
-      'steps_per_epoch', 'epoch_permutation'])
+      'steps_per_epoch', 'epoch_permutation', 'prefetch_to_mesh'])
   assert data.DATASETS == ('mnist', 'cifar10', 'cifar100')
   assert all(callable(getattr(data, n)) for n in data.__all__ if n != 'DATASETS')

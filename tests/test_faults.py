@@ -195,7 +195,8 @@ def user_errors(halted, tmp_path_factory):
   bad = tmp / 'bad.py'
   bad.write_text('def get_config(:\n')
   for name, wd, extra in [('is a file', afile, []), ('which is a file', afile / 'sub', []),
-                          ('SyntaxError', tmp / 'w', [f'--config={bad}'])]:
+                          ('SyntaxError', tmp / 'w', [f'--config={bad}']),
+                          ('object-store URLs', 'gs://sglr-test-bucket/run', [])]:
     runs[name] = (str(wd), _case(wd, *extra), None)
   names = list(runs)
   with workdir_lib.Lock(runs['locked'][0]):
@@ -246,8 +247,8 @@ def test_strict_json_writes_null_for_non_finite(tmp_path):
 
 
 def test_sigkill_inside_the_final_save_then_rerun_finishes(crashes):
-  """Killed inside the save of final/2 (files written, not committed): the re-run
-  saves final/2, logs nothing twice and exits 0."""
+  """Killed inside the save of final/2 (its files linked from latest/8, not renamed into
+  place): the re-run saves final/2, logs nothing twice and exits 0."""
   wd, killed, p = crashes['in_final_save']
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert killed.available['final'] == []
@@ -365,13 +366,14 @@ def test_user_errors_are_one_line_and_leave_the_workdir_alone(user_errors, i):
 
 
 def test_bad_workdirs_and_config_files_are_one_line(user_errors):
-  for needle in ('is a file', 'which is a file', 'SyntaxError'):
+  for needle in ('is a file', 'which is a file', 'SyntaxError', 'object-store URLs'):
     p, _, _ = user_errors[needle]
     assert p.returncode == 2, p.stderr[-2000:]
     lines = _error_lines(p.stderr)
     assert len(lines) == 1 and needle in lines[0], lines
   afile = user_errors['is a file'][1]
   assert open(afile).read() == 'x' and not os.path.exists(user_errors['SyntaxError'][1])
+  assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # no local tree named like the URL
 
 
 if __name__ == '__main__':

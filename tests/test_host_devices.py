@@ -27,6 +27,13 @@ def test_auto_count(batches, cores, expected):
   assert host_devices.auto_count(batches, cores) == expected
 
 
+@pytest.fixture(autouse=True)
+def _cpu_platform(monkeypatch):
+  """These tests are about CPU hosts: the platform gate (tested below) must pass, also on
+  a machine with an accelerator plugin installed."""
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+
+
 def test_configure_leaves_an_explicit_flag_and_a_started_jax(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--foo=1 --xla_force_host_platform_device_count=3')
   assert host_devices.configure(-1, **_CONFIGURE) == 3
@@ -82,6 +89,75 @@ def test_cpu_convs_flag_by_model_and_only_when_it_can_act(monkeypatch):
   assert os.environ['XLA_FLAGS'] == ''
   with pytest.raises(ValueError, match='cpu_convs'):
     host_devices.set_cpu_convs('fast', 'resnet18')
+
+
+def _write_fake_plugin(tmp_path) -> str:
+  """A ``jax_plugins`` namespace package with one plugin module, as CUDA's wheel installs
+  (it raises if imported: the gate must only look). Returns the folder to put on the path."""
+  pkg = tmp_path / 'site' / 'jax_plugins' / 'xla_fake_gpu'
+  pkg.mkdir(parents=True, exist_ok=True)
+  (pkg / '__init__.py').write_text('raise ImportError("never imported by the gate")\n')
+  return str(tmp_path / 'site')
+
+
+def _fake_plugin(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(_write_fake_plugin(tmp_path))
+  monkeypatch.delitem(sys.modules, 'jax_plugins', raising=False)
+
+
+@pytest.mark.parametrize('platforms,cpu', [
+    ('cpu', True), ('cpu,cuda', True), ('CPU', True), ('cuda', False), ('tpu', False),
+    ('cuda,cpu', False), ('rocm', False)])
+def test_cpu_host_from_jax_platforms(platforms, cpu):
+  assert host_devices.cpu_host({'JAX_PLATFORMS': platforms}) is cpu
+  assert host_devices.cpu_host({'JAX_PLATFORM_NAME': platforms}) is cpu  # the older name
+
+
+def test_an_installed_accelerator_plugin_makes_no_cpu_host(tmp_path, monkeypatch):
+  if host_devices.accelerator_plugins():
+    pytest.skip('an accelerator plugin is installed here: the premise below does not hold')
+  assert host_devices.cpu_host({}) is True
+  _fake_plugin(tmp_path, monkeypatch)
+  assert host_devices.accelerator_plugins() == ['xla_fake_gpu']
+  assert host_devices.cpu_host({}) is False
+  assert host_devices.cpu_host({'JAX_PLATFORMS': 'cpu'}) is True  # the user's choice wins
+  monkeypatch.delenv('JAX_PLATFORMS')
+  monkeypatch.delitem(sys.modules, 'jax', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--foo=1')
+  kw = dict(_CONFIGURE, model_name='resnet18')
+  assert host_devices.configure(-1, **kw) == 1
+  assert host_devices.set_cpu_convs('xla', 'resnet18') == ''
+  assert host_devices.one_per_core() == 1
+  assert os.environ['XLA_FLAGS'] == '--foo=1'
+
+
+NO_JAX_CLI = r'''
+import json, os, sys
+from sglr_jax import cli
+from sglr_jax.configs import cifar10_wrn34_sglr
+cli._configure_cpu_devices(-1, cifar10_wrn34_sglr.get_config())
+print(json.dumps({'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''), 'jax': 'jax' in sys.modules}))
+'''
+
+
+@pytest.mark.parametrize('platforms', ['cuda', 'tpu', ''])
+def test_the_command_line_sets_no_xla_cpu_flag_off_cpu(platforms, tmp_path):
+  """The command line's process setup in a fresh process, before jax starts: with
+  ``JAX_PLATFORMS=cuda`` (or tpu), or a GPU plugin installed and no ``JAX_PLATFORMS``,
+  neither the host device count nor the conv flag is set (a WRN config: both would be
+  on a CPU host), and jax is not imported to decide."""
+  env = dict(os.environ, XLA_FLAGS='--foo=1', JAX_PLATFORMS=platforms)
+  if not platforms:
+    env['PYTHONPATH'] = os.pathsep.join([_write_fake_plugin(tmp_path), ROOT])
+  out = subprocess.run([sys.executable, '-c', NO_JAX_CLI], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads(out.stdout.splitlines()[-1]) == {'XLA_FLAGS': '--foo=1', 'jax': False}
+  cpu = subprocess.run([sys.executable, '-c', NO_JAX_CLI], cwd=ROOT,
+                       env=dict(env, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+                       timeout=120, check=False)
+  flags = json.loads(cpu.stdout.splitlines()[-1])['XLA_FLAGS']
+  assert host_devices.YNN_FLAG in flags  # the control: a CPU host gets the conv flag
 
 
 # Which ops of a conv + matmul program XLA:CPU hands to YNNPACK (a ``ynn_fusion``).

@@ -71,6 +71,9 @@ def test_eval_mode_writes_results(trained):
     assert r['autoattack_acc'] == after[-1] <= r['natural_acc']
     assert all(a >= b for a, b in zip(after, after[1:]))
     assert 0 <= r['ece_clean'] <= 1 and 0 <= r['ece_adv'] <= 1
+    # the per-epoch ECE (calibration over training) is the same ECE of the same logits
+    assert r['ece_clean'] == pytest.approx(hist[r['epoch']]['test_ece_clean'], abs=1e-9)
+    assert r['ece_adv'] == pytest.approx(hist[r['epoch']]['test_ece_pgd20'], abs=1e-9)
   assert res['eval_config']['autoattack_budget'] == 'smoke'
   md = open(os.path.join(trained, 'results.md')).read()
   assert '| AutoAttack (smoke budget) |' in md and '| ECE clean |' in md
@@ -150,3 +153,26 @@ def test_hooks_see_every_step_and_halt_after_epoch_stops(tmp_path):
   assert [r['epoch'] for r in hist] == [1]
   assert checkpoints.available(str(tmp_path), 'latest') == [4]
   assert experiment.load_workdir_config(str(tmp_path)).train.halt_after_epoch == 1
+
+
+def test_swa_and_awp_resume_exactly(tmp_path):
+  """Halted after epoch 1 and resumed == uninterrupted: the weight average (snapshots
+  every 3 steps, across epoch ends) and its count are part of the checkpoint; ``final``
+  is evaluated with the average."""
+  fields = {'train.swa_start_epoch': 0, 'train.swa_every_steps': 3, 'objective.awp_gamma': 0.01,
+            'train.train_fit_every_epochs': 0, 'parallel.num_devices': 1}
+  full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
+  loop.train_and_evaluate(tiny_config('mnist_at', **fields), full, progress=False)
+  loop.train_and_evaluate(tiny_config('mnist_at', **fields, **{'train.halt_after_epoch': 1}),
+                          part, progress=False)
+  hist = loop.train_and_evaluate(tiny_config('mnist_at', **fields), part, progress=False)
+  hist_full = history.read_history(full)
+  assert _strip(hist) == _strip(hist_full)
+  s = experiment.build(tiny_config('mnist_at', **fields))
+  a, _ = experiment.restore(s, full, 'final')
+  b, _ = experiment.restore(s, part, 'final')
+  assert int(a.swa_count) == 4  # 12 steps: snapshots after steps 3, 6, 9, 12
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  res = evaluate.evaluate(tiny_config('mnist_at', **fields), full, progress=False)
+  assert res['final']['natural_acc'] == pytest.approx(hist_full[-1]['test_natural_acc'])

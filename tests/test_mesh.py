@@ -133,6 +133,19 @@ def test_table_rows_and_batch_checks():
   mesh_lib.check_batch_size(32, _FakeMesh(4), 'train.batch_size')
   with pytest.raises(ValueError, match='train.batch_size=30 must be divisible'):
     mesh_lib.check_batch_size(30, _FakeMesh(4), 'train.batch_size')
+  with pytest.raises(errors.ConfigError, match='nearest valid values: 126 or 133$'):
+    mesh_lib.check_batch_size(128, _FakeMesh(7), 'train.batch_size')
+  with pytest.raises(errors.ConfigError, match='nearest valid values: 8$'):
+    mesh_lib.check_batch_size(3, _FakeMesh(8), 'train.batch_size')
+
+
+def test_eval_batch_rounds_up_to_the_device_count():
+  # the CIFAR configs' 500 on 8 devices (an 8-GPU node, v5e-8) and 3, 6, 16 devices
+  assert [mesh_lib.eval_batch_size(500, _FakeMesh(d)) for d in (1, 2, 3, 4, 6, 8, 16)] == [
+      500, 500, 501, 500, 504, 504, 512]
+  assert mesh_lib.eval_batch_size(1, _FakeMesh(8)) == 8
+  with pytest.raises(errors.ConfigError, match='eval.batch_size=0'):
+    mesh_lib.eval_batch_size(0, _FakeMesh(8))
   with pytest.raises(ValueError, match='table_sharding'):
     mesh_lib.state_specs({'a': 1}, 'columns')
   with pytest.raises(errors.ConfigError, match='parallel.num_devices=99'):

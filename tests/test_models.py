@@ -339,3 +339,13 @@ def test_every_conv_goes_through_the_conv_field(name, width, depth):
   jax.eval_shape(lambda v, z: model.apply(v, z, train=False), v, x)
   kernels = [leaf.shape for leaf in jax.tree.leaves(v['params']) if leaf.ndim == 4]
   assert sorted(calls) == sorted(kernels) and kernels
+
+
+def test_small_cnn_without_batch_norm_has_conv_biases_and_no_statistics():
+  m = models.create_model('small_cnn', 10, width=8, batch_norm=False)
+  v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+  assert 'batch_stats' not in v
+  assert all('bias' in v['params'][f'Conv_{i}'] for i in range(2))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 28, 28, 1))
+  # train and inference mode are one function without BatchNorm
+  np.testing.assert_array_equal(m.apply(v, x, train=False), m.apply(v, x, train=True))

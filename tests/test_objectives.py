@@ -55,10 +55,12 @@ def test_hard_target_is_one_hot(name):
 
 
 def test_registry_and_tables():
-  assert objectives.OBJECTIVES == ('at', 'ls', 'trades', 'te')
+  assert objectives.OBJECTIVES == ('at', 'ls', 'trades', 'te', 'kd')
   sp = sglr_table.SGLRParams(momentum=0.9, lam=0.8, temperature=1.0, alpha=1.0, start_epoch=0)
   assert [objectives.uses_table(hp(n), None) for n in objectives.OBJECTIVES] == [
-      False, False, False, True]
+      False, False, False, True, False]
+  assert [objectives.uses_teachers(hp(n)) for n in objectives.OBJECTIVES] == [
+      False, False, False, False, True]
   assert all(objectives.uses_table(hp(n), sp) for n in objectives.OBJECTIVES)
   with pytest.raises(ValueError, match='objective.name'):
     objectives.get('mart')
@@ -112,3 +114,22 @@ def test_sglr_before_start_epoch_keeps_target_and_rows():
                             jnp.asarray(1))
   np.testing.assert_array_equal(t.rows, rows)
   np.testing.assert_allclose(t.per_example, at.loss(hp('at'), E2, None, ONEHOT0), atol=0)
+
+
+def test_kd_composes_with_sglr_target():
+  """KD + SGLR: the CE term takes the refined target (alpha = 1, m = 0, lam = 1:
+  softmax f(x')), the teacher term is added; without teachers 'kd' is PGD-AT."""
+  from sglr_jax.objectives import kd  # pylint: disable=g-import-not-at-top
+  m = _Model({'x': E1, 'x_adv': E2})
+  sp = sglr_table.SGLRParams(momentum=0.0, lam=1.0, temperature=1.0, alpha=1.0, start_epoch=0)
+  rows = jnp.array([[1.0, 0.0, 0.0]])
+  teacher = jnp.array([[3.0, -1.0, 0.5]])
+  p = np.array([0.211942, 0.576117, 0.211942])
+  h = hp('kd')
+  t = objectives.train_loss(h, sp, m.apply, VARIABLES, 'x', 'x_adv', ONEHOT0, rows,
+                            jnp.asarray(0), (teacher,))
+  want = h.kd_ce_weight * -np.sum(p * np.log(p)) + float(kd.distillation(h, E2, (teacher,))[0])
+  np.testing.assert_allclose(t.per_example, [want], atol=1e-5)
+  plain = objectives.train_loss(h, None, m.apply, VARIABLES, 'x', 'x_adv', ONEHOT0, None, 0)
+  at = objectives.train_loss(hp('at'), None, m.apply, VARIABLES, 'x', 'x_adv', ONEHOT0, None, 0)
+  np.testing.assert_array_equal(plain.per_example, at.per_example)

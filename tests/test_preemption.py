@@ -117,3 +117,38 @@ def test_sigkill_during_a_save_then_resume_matches(reference, tmp_path):
   resumed = loop.train_and_evaluate(tiny_config(), wd, progress=False)
   assert _strip(resumed) == reference, left
   assert not any('.orbax-checkpoint-tmp' in n for n in os.listdir(latest))
+
+
+# What JAX's cluster detection reads: cleared, so that 'auto' finds no cluster.
+_CLUSTER_VARS = ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS',
+                 'SLURM_PROCID', 'SLURM_LOCALID', 'OMPI_MCA_orte_hnp_uri',
+                 'KUBERNETES_SERVICE_HOST', 'TPU_WORKER_HOSTNAMES', 'TPU_PROCESS_ADDRESSES')
+
+
+def test_sigterm_without_a_distributed_client_saves_in_every_process(tmp_path, monkeypatch):
+  """Two processes of the command line side by side, neither joined by
+  ``jax.distributed`` ('auto' finds no cluster: no client, no preemption service):
+  each gets SIGTERM after its own train step (2 and 5, both mid-epoch), installs the Python handler,
+  saves that mid-epoch checkpoint and exits 0."""
+  for v in _CLUSTER_VARS:
+    monkeypatch.delenv(v, raising=False)
+  procs = []
+  for i, at in enumerate((2, 5)):
+    wd = str(tmp_path / f'wd{i}')
+    spec = {'job': 'cli', 'sigterm_self': at,
+            'argv': w.cli_flags() + [f'--workdir={wd}', '--progress=false', '--cpu_devices=1']}
+    sub = tmp_path / f'p{i}'
+    sub.mkdir()
+    procs.append((w.start_job(spec, devices=1, tmp=str(sub)), wd, at))
+  try:
+    rcs = w.wait_all([p for (p, _), _, _ in procs], timeout=w.WAIT_S)
+  finally:
+    w.stop([p for (p, _), _, _ in procs])
+  spe = w.MP_OVERRIDES['data.train_size'] // w.MP_OVERRIDES['train.batch_size']  # 3
+  for rc, ((_, log), wd, at) in zip(rcs, procs):
+    text = w.tail(log, 20000)
+    assert rc == 0, text
+    assert f'SIGTERM: saved checkpoint latest/{at}' in text, text
+    assert checkpoints.available(wd, 'latest')[-1] == at
+    progress = checkpoints.read_progress(wd, 'latest', at)
+    assert (progress['epoch'], progress['step_in_epoch']) == (at // spe, at % spe)

@@ -17,7 +17,8 @@ def test_make_report_writes_everything(three_runs, tmp_path):  # noqa: F811
   paths = report.make_report(three_runs, out)
   names = sorted(os.path.basename(p) for p in paths)
   assert names == sorted([curves.FILE_NAME, grad_norm.FILE_NAME, noisy_fit.FILE_NAME,
-                          'reliability_pgd-at.png', 'results_table.json', 'report.md'])
+                          'ece_curves.png', 'reliability_pgd-at.png', 'results_table.json',
+                          'report.md'])
   for p in paths:
     assert os.path.isfile(p)
     if p.endswith('.png'):

@@ -6,7 +6,7 @@ import pytest
 import report_support as rs
 from report_support import three_runs  # noqa: F401  (a fixture)
 from sglr_jax.evaluation import metrics
-from sglr_jax.report.figures import grad_norm, reliability
+from sglr_jax.report.figures import calibration_curves, grad_norm, reliability
 from sglr_jax.report.runs import load_run
 
 
@@ -30,6 +30,8 @@ def test_plot_functions_return_paths(three_runs, tmp_path):  # noqa: F811
   p = grad_norm.plot_grad_norm(runs[:1], tmp_path / 'sub' / 'g.png')
   assert p == str(tmp_path / 'sub' / 'g.png')
   rs.assert_good_png(p)
+  assert calibration_curves.plot_ece_curves([], tmp_path / 'e.png') is None
+  rs.assert_good_png(calibration_curves.plot_ece_curves(runs, tmp_path / 'e.png'))
   # results.json with reliability only for the final checkpoint's clean inputs
   res = runs[0].results
   res['best'].pop('reliability')

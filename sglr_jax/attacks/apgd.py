@@ -12,6 +12,12 @@ that keeps its convolutions on XLA:CPU's fast path inside the loop). Randomness 
 drawn per example from ``fold_in(key, example_id)``, so a point's attack does not
 depend on which other points share its batch (the reference draws one stream per
 batch; the per-point distribution is the same).
+
+A model with a randomised forward pass (the 'rand' version) is ``logits_fn(x, key)``
+with a ``model_key``: every evaluation is a fresh draw and the gradient the mean over
+``eot_iter`` draws (expectation over transformation), as the reference's ``eot_iter``.
+``apgd_single_run(x_init=...)`` starts from a given point, so a run can be replayed
+against the reference's ``attack_single_run`` from the same start.
 """
 from __future__ import annotations
 
@@ -152,22 +158,40 @@ def apgd_step(x_adv, x_adv_old, grad, x, step_size, eps, momentum, norm: str):
   return project(z, x, eps, norm)
 
 
-def loss_grad_fn(logits_fn: LogitsFn, loss_fn, ops: AttackOps = DEFAULT_OPS):
-  """``x -> (loss [B], logits [B, K], d sum(loss) / dx)``, through ``ops.grad_transform``."""
-  def total(x_):
-    logits = logits_fn(x_)
+def loss_grad_fn(logits_fn: LogitsFn, loss_fn, ops: AttackOps = DEFAULT_OPS,
+                 eot_iter: int = 1, randomised: bool = False):
+  """``x -> (loss [B], logits [B, K], d sum(loss) / dx)``, through ``ops.grad_transform``.
+
+  ``randomised``: ``logits_fn(x, key)`` is one draw of a randomised model and the
+  function takes ``(x, key)``: the gradient is the mean over ``eot_iter`` draws
+  (``fold_in(key, j)``, summed in order as the reference's EOT loop), the loss and
+  logits those of the last draw (the reference's bookkeeping).
+  """
+  def total(x_, *key):
+    logits = logits_fn(x_, *key)
     loss = loss_fn(logits)
     return jnp.sum(loss), (loss, logits)
 
   def fn(x_):
     (_, (loss, logits)), g = jax.value_and_grad(total, has_aux=True)(x_)
     return loss, logits, g
-  return ops.grad_transform(fn)
+
+  def eot(x_, key):
+    def draw(j, carry):
+      (_, (loss, logits)), g = jax.value_and_grad(total, has_aux=True)(
+          x_, jax.random.fold_in(key, j))
+      return loss, logits, carry[2] + g
+    shapes = jax.eval_shape(lambda z: total(z, key)[1], x_)
+    init = tuple(jnp.zeros(a.shape, a.dtype) for a in shapes) + (jnp.zeros_like(x_),)
+    loss, logits, g = jax.lax.fori_loop(0, eot_iter, draw, init)
+    return loss, logits, g / jnp.float32(eot_iter)
+  return ops.grad_transform(eot if randomised else fn)
 
 
 def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: int,
                     norm: str = 'Linf', rho: float = 0.75, active=None,
-                    early_stop: bool = False, ops: AttackOps = DEFAULT_OPS):
+                    early_stop: bool = False, x_init=None, eot_iter: int = 1,
+                    model_key=None, ops: AttackOps = DEFAULT_OPS):
   """One APGD run from a random start.
 
   ``loss_fn(logits) -> [B]`` is maximised. Returns ``(x_best, robust, loss_best,
@@ -175,10 +199,25 @@ def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: in
   still classified ``y``, its loss, and the last misclassified iterate (the start where
   none was). ``early_stop`` (not in the reference) ends the run once no point of
   ``active`` is robust: the same verdicts, but earlier misclassified iterates.
+  ``x_init``: the start instead of ``random_start(keys, ...)`` (clipped to [0, 1], not
+  projected), as the reference's ``attack_single_run(x, y, x_init)``: given the same
+  start both compute the same iterates (``tests/test_apgd.py``).
+  ``model_key``: the model is randomised, ``logits_fn(x, key)``; evaluation ``t`` (the
+  start is 0) draws from ``fold_in(model_key, t)`` and averages the gradient over
+  ``eot_iter`` draws (EOT). Without it ``eot_iter`` is moot: a deterministic model's
+  draws are identical, and so is their mean gradient.
   """
-  loss_grad = loss_grad_fn(logits_fn, loss_fn, ops)
-  x_adv = random_start(keys, x, eps, norm, on_sphere=True)
-  loss, logits, grad = loss_grad(x_adv)
+  randomised = model_key is not None
+  loss_grad_ = loss_grad_fn(logits_fn, loss_fn, ops, eot_iter, randomised)
+  if randomised:
+    loss_grad = lambda z, t: loss_grad_(z, jax.random.fold_in(model_key, t))
+  else:
+    loss_grad = lambda z, t: loss_grad_(z)
+  if x_init is None:
+    x_adv = random_start(keys, x, eps, norm, on_sphere=True)
+  else:
+    x_adv = jnp.clip(jnp.asarray(x_init, jnp.float32), 0.0, 1.0)
+  loss, logits, grad = loss_grad(x_adv, 0)
   robust = jnp.argmax(logits, -1) == y
   ctrl = init_step_control(loss, eps, n_iter)
 
@@ -186,7 +225,7 @@ def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: in
     x_adv, x_adv_old, grad, x_best, grad_best, x_last_adv, robust, ctrl = s
     momentum = jnp.where(i > 0, 0.75, 1.0)
     x_new = apgd_step(x_adv, x_adv_old, grad, x, ctrl.step_size, eps, momentum, norm)
-    loss, logits, g = loss_grad(x_new)
+    loss, logits, g = loss_grad(x_new, i + 1)
     correct = jnp.argmax(logits, -1) == y
     robust = robust & correct
     x_last_adv = jnp.where(per_example(~correct, x), x_new, x_last_adv)
@@ -211,19 +250,29 @@ def apgd_single_run(logits_fn: LogitsFn, loss_fn, x, y, keys, *, eps, n_iter: in
 
 
 LOSSES = ('ce', 'dlr', 'dlr-targeted')
+CLEAN_DRAW = 0x7fffffff  # the randomised model's draw for the clean logits
+
+
+def one_draw(logits_fn: LogitsFn, model_key=None) -> LogitsFn:
+  """``logits_fn`` itself, or for a randomised model (``model_key`` given) its draw
+  ``CLEAN_DRAW``: the one forward pass of the clean points."""
+  if model_key is None:
+    return logits_fn
+  return lambda z: logits_fn(z, jax.random.fold_in(model_key, CLEAN_DRAW))
 
 
 def apgd_run(logits_fn: LogitsFn, x, y, run, *, eps, key, loss: str = 'ce',
              norm: str = 'Linf', n_iter: int = 100, n_restarts: int = 1, rho: float = 0.75,
              active=None, example_ids=None, early_stop: bool = False, clean_logits=None,
-             ops: AttackOps = DEFAULT_OPS):
+             eot_iter: int = 1, model_key=None, ops: AttackOps = DEFAULT_OPS):
   """Run number ``run`` (may be traced) of an APGD attack: ``(x_candidate, robust)``.
 
   Runs are numbered restart-fastest: for 'dlr-targeted' run ``r`` targets the class
   ranked ``2 + r // n_restarts`` by the clean logits (the reference's target loop).
   ``x_candidate`` is the last misclassified iterate (the start where there was none);
   ``robust`` says no iterate was misclassified. Randomness: ``fold_in(key, id)`` per
-  example, then ``fold_in(., run)``.
+  example, then ``fold_in(., run)``. ``model_key``: a randomised ``logits_fn(x, key)``
+  (see ``apgd_single_run``), drawn from ``fold_in(model_key, run)``.
   """
   if norm not in NORMS:
     raise ValueError(f'norm={norm!r}; allowed: {NORMS}')
@@ -233,37 +282,42 @@ def apgd_run(logits_fn: LogitsFn, x, y, run, *, eps, key, loss: str = 'ce',
     loss_fn = lambda logits: losses.dlr(logits, y)
   elif loss == 'dlr-targeted':
     if clean_logits is None:
-      clean_logits = logits_fn(x)
+      clean_logits = one_draw(logits_fn, model_key)(x)
     target = target_labels(clean_logits, 2 + run // n_restarts)
     loss_fn = lambda logits: losses.targeted_dlr(logits, y, target)
   else:
     raise ValueError(f'loss={loss!r}; allowed: {LOSSES}')
   keys = run_keys(key, x.shape[0], example_ids, run)
+  if model_key is not None:
+    model_key = jax.random.fold_in(model_key, run)
   _, robust, _, x_last_adv = apgd_single_run(
       logits_fn, loss_fn, x, y, keys, eps=eps, n_iter=n_iter, norm=norm, rho=rho,
-      active=active, early_stop=early_stop, ops=ops)
+      active=active, early_stop=early_stop, eot_iter=eot_iter, model_key=model_key,
+      ops=ops)
   return x_last_adv, robust
 
 
 def apgd_attack(logits_fn: LogitsFn, x, y, *, eps, key, norm: str = 'Linf',
                 loss: str = 'ce', n_iter: int = 100, n_restarts: int = 1,
                 rho: float = 0.75, mask=None, example_ids=None, early_stop: bool = False,
-                ops: AttackOps = DEFAULT_OPS):
+                eot_iter: int = 1, model_key=None, ops: AttackOps = DEFAULT_OPS):
   """Untargeted APGD (``loss`` 'ce' or 'dlr'): the reference's ``APGDAttack.perturb``.
 
   Attacks the points classified correctly (and in ``mask`` when given); each restart
   attacks those still robust. Returns ``x_adv`` (same shape as ``x``): the last
   misclassified iterate where an attack succeeded, ``x`` itself elsewhere.
   ``early_stop``: see ``apgd_single_run`` (off: the reference's behaviour).
+  ``eot_iter``, ``model_key``: a randomised model (the 'rand' version), see ``apgd_run``.
   """
   if loss not in ('ce', 'dlr'):
     raise ValueError(f'loss={loss!r}; allowed: ce, dlr (apgd_targeted_attack: targeted)')
-  _, robust0 = initial(logits_fn, x, y, mask)
+  _, robust0 = initial(one_draw(logits_fn, model_key), x, y, mask)
 
   def run(r, active):
     return apgd_run(logits_fn, x, y, r, eps=eps, key=key, loss=loss, norm=norm,
                     n_iter=n_iter, n_restarts=n_restarts, rho=rho, active=active,
-                    example_ids=example_ids, early_stop=early_stop, ops=ops)
+                    example_ids=example_ids, early_stop=early_stop, eot_iter=eot_iter,
+                    model_key=model_key, ops=ops)
 
   x_adv, _ = run_until_fooled(x, robust0, n_restarts, run)
   return x_adv

@@ -31,15 +31,24 @@ def get_config():
   # preset accepts only its own depth (() = the architecture's own), see models.create_model
   c.model.dense = 0  # small_cnn: hidden dense units (0 = its own, 128)
   c.model.features = ()  # small_cnn: conv widths, e.g. (64, 64) (() = its own, (32, 64))
+  c.model.batch_norm = True  # small_cnn: BatchNorm after each conv (False: none; convs get biases)
   c.model.compute_dtype = 'float32'  # training convs/matmuls: 'float32' or 'bfloat16' (eval: float32)
 
   c.objective = ml_collections.ConfigDict()
-  c.objective.name = 'at'  # 'at' (PGD-AT), 'ls' (AT + label smoothing), 'trades', 'te'
+  c.objective.name = 'at'  # 'at' (PGD-AT), 'ls' (AT + label smoothing), 'trades', 'te', 'kd'
   c.objective.beta = 6.0  # TRADES: weight of the KL robustness term
   c.objective.ls_eps = 0.1  # LS: smoothing mass spread uniformly over the K classes
   c.objective.te_weight = 30.0  # TE: weight of the consistency term after ramp-up
   c.objective.te_momentum = 0.9  # TE: EMA momentum of the per-example prediction ensemble
   c.objective.te_rampup_epochs = 0  # TE: sigmoid ramp-up of the weight (0 = none)
+  c.objective.awp_gamma = 0.0  # AWP: weight perturbation / weight norm, per layer (0 = no AWP)
+  c.objective.awp_warmup_epochs = 0  # AWP: plain steps before this 0-based epoch
+  c.objective.teacher_workdir = ''  # KD: workdir of the robust teacher (its best checkpoint)
+  c.objective.std_teacher_workdir = ''  # KD: workdir of a standard teacher, final ('' = none)
+  c.objective.kd_temperature = 2.0  # KD: temperature T of the distillation terms
+  c.objective.kd_ce_weight = 0.3  # KD: weight of the CE on the label
+  c.objective.kd_weight = 0.6  # KD: weight of the robust teacher's term
+  c.objective.kd_std_weight = 0.1  # KD: weight of the standard teacher's term
 
   c.sglr = ml_collections.ConfigDict()
   c.sglr.enabled = False  # Self-Guided Label Refinement on top of the objective
@@ -78,6 +87,8 @@ def get_config():
   c.train.halt_after_epoch = 0  # stop (checkpointed, resumable) after this epoch (0 = never)
   c.train.checkpoint_every_steps = 0  # also save latest every N steps inside an epoch (0 = epoch ends and SIGTERM only)
   c.train.train_fit_every_epochs = 1  # clean-label / noisy-label fit on the train set (0 = never)
+  c.train.swa_start_epoch = -1  # SWA: first 0-based epoch whose weights are averaged (-1 = no SWA)
+  c.train.swa_every_steps = 0  # SWA: optimizer steps between snapshots (0 = every epoch end)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 0.1  # base learning rate
@@ -93,6 +104,7 @@ def get_config():
   c.parallel = ml_collections.ConfigDict()
   c.parallel.num_devices = 0  # devices in the ('data',) mesh (0 = all)
   c.parallel.cpu_convs = 'auto'  # XLA:CPU convolutions: 'auto', 'ynnpack', 'xla' (host_devices)
+  c.parallel.compilation_cache_dir = ''  # '' = user cache dir, 'none' = off, or a path
 
   c.distributed = ml_collections.ConfigDict()  # multi-host, jax.distributed
   c.distributed.enabled = 'auto'  # 'auto' (env/config says), 'true', 'false'

@@ -1,7 +1,8 @@
 """Data on the host: datasets as uint8 arrays, label noise, epoch permutations, batches.
 
 ``load(DataParams(...))`` gives a ``Dataset``; ``train_batches`` / ``eval_batches``
-cut it into host batches (see ``batches``). The on-device augmentation is
+cut it into host batches (see ``batches``); ``prefetch_to_mesh`` places them on the
+devices ahead of the step. The on-device augmentation is
 ``data.augment``; CIFAR is read from a prepared tfds copy by ``data.tfds_cifar``.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sglr_jax.data.datasets import DATASETS
 from sglr_jax.data.datasets import DataParams
 from sglr_jax.data.datasets import Dataset
 from sglr_jax.data.datasets import load
+from sglr_jax.data.prefetch import prefetch_to_mesh
 
 __all__ = ['DATASETS', 'DataParams', 'Dataset', 'load', 'train_batches', 'eval_batches',
-           'steps_per_epoch', 'epoch_permutation']
+           'steps_per_epoch', 'epoch_permutation', 'prefetch_to_mesh']

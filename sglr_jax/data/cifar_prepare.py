@@ -203,13 +203,26 @@ def _builder_class(name: str):
   return FromArchive
 
 
+@contextlib.contextmanager
+def _tfds_bars(enable: bool):
+  """tfds's progress bars on or off inside the block, as they were after it."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+  before = getattr(tqdm_utils, '_active', True)
+  tqdm_utils.display_progress_bar(enable)
+  try:
+    yield
+  finally:
+    tqdm_utils.display_progress_bar(before)
+
+
 def _write_dataset(name: str, members: Dict[str, bytes], root: str, download_size: int,
                    progress: bool) -> str:
   """Writes the prepared dataset under the data dir ``root``; returns its version dir."""
   builder = _builder_class(name)(members=members, progress=progress, data_dir=root,
                                  file_format=tfds.core.FileFormat.ARRAY_RECORD)
-  # tfds prints where it writes (the temporary dir): ours is the message that counts.
-  with contextlib.redirect_stdout(io.StringIO()):
+  # tfds prints where it writes (the temporary dir) and shows bars of its own, naming
+  # that dir: ours are the message and the bar that count.
+  with contextlib.redirect_stdout(io.StringIO()), _tfds_bars(False):
     builder.download_and_prepare(
         download_dir=os.path.join(root, 'downloads'),
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

@@ -1,4 +1,5 @@
-"""AutoAttack accuracy of a checkpoint: the standard ensemble on the first test points.
+"""AutoAttack accuracy of a checkpoint: the standard ensemble (or the 'rand' version) on
+the first test points.
 
 With a workdir, each checkpoint's run is resumable (``WORKDIR/eval_state/<kind>.npz``,
 removed once the run is complete) and its adversarial examples are written to
@@ -14,6 +15,7 @@ import numpy as np
 
 from sglr_jax import mesh as mesh_lib
 from sglr_jax.attacks import autoattack
+from sglr_jax.attacks.autoattack.programs import Randomised
 from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps
 
 
@@ -27,9 +29,14 @@ class AutoAttack:
   """
 
   def __init__(self, model, mesh, images, labels, *, eps: float, key, batch_size: int,
-               examples: int, budget: str, norm: str = 'Linf',
+               examples: int, budget: str, norm: str = 'Linf', version: str = 'standard',
                ops: AttackOps = DEFAULT_OPS, progress: bool = True, workdir: str = ''):
     self.model_fn = lambda variables, z: model.apply(variables, z, train=False)
+    # 'rand' attacks a randomised forward pass: each draw gets its own 'dropout' rng
+    # stream (a model without random layers at inference ignores it)
+    self.draw_fn = lambda variables, z, key: model.apply(variables, z, train=False,
+                                                         rngs={'dropout': key})
+    self.version = version
     self.n = min(len(labels), examples or len(labels))
     self.images, self.labels = images, labels
     self.eps, self.key, self.batch_size = eps, key, batch_size
@@ -44,10 +51,12 @@ class AutoAttack:
     state = None  # one process keeps the state (every process attacks all the points)
     if self.workdir and kind and jax.process_index() == 0:
       state = os.path.join(self.workdir, 'eval_state', f'{kind}.npz')
+    rand = self.version == 'rand'
     res = autoattack.run_autoattack(
-        self.model_fn, x, y, self.eps, variables=variables, key=self.key,
-        batch_size=self.batch_size, progress=self.progress, config=self.config,
-        sharding=self.sharding, ops=self.ops, state_path=state)
+        self.draw_fn if rand else self.model_fn, x, y, self.eps, variables=variables,
+        key=self.key, batch_size=self.batch_size, progress=self.progress,
+        config=self.config, sharding=self.sharding, ops=self.ops, state_path=state,
+        version=self.version, randomised=rand)
     if state is not None:
       self.write_examples(variables, kind, x, res)
       os.remove(state)
@@ -61,8 +70,12 @@ class AutoAttack:
   def write_examples(self, variables, kind: str, x, res) -> str:
     """``WORKDIR/adversarial/<kind>.npz``: index, x_adv (float32), clean and adversarial
     predictions, and the attack that broke each point ('' where none did)."""
-    pred = lambda z: autoattack.predict(self.model_fn, z, self.batch_size, self.sharding,
-                                        variables)
+    if self.version == 'rand':  # one more draw of the model for each record
+      model_fn, key = Randomised(self.draw_fn), jax.random.fold_in(self.key, 1)
+    else:
+      model_fn, key = self.model_fn, None
+    pred = lambda z: autoattack.predict(model_fn, z, self.batch_size, self.sharding,
+                                        variables, key)
     path = os.path.join(self.workdir, 'adversarial', f'{kind}.npz')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.tmp.npz'

@@ -48,7 +48,8 @@ class Suite:
       self.autoattack = autoattack.AutoAttack(
           model, exp.mesh, self.x, self.y, eps=ev.eps, key=key, batch_size=ev.batch_size,
           examples=ev.autoattack_examples, budget=ev.autoattack_budget, norm=ev.norm,
-          ops=exp.attack_ops, progress=progress, workdir=workdir)
+          version=ev.autoattack_version, ops=exp.attack_ops, progress=progress,
+          workdir=workdir)
     if 'transfer' in self.suite and transfer_source is not None:
       source_model, source_variables = transfer_source
       self.transfer = transfer.Transfer(

@@ -16,6 +16,8 @@ from sglr_jax import data, mesh as mesh_lib
 from sglr_jax.attacks import pgd
 from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps, example_keys
 
+IN_FLIGHT = 2  # eval batches dispatched ahead of the one the host waits for
+
 
 def make_eval_step(model, mesh, *, eps: float, step_size: float, steps: int,
                    norm: str = 'Linf', ops: AttackOps = DEFAULT_OPS):
@@ -35,23 +37,39 @@ def make_eval_step(model, mesh, *, eps: float, step_size: float, steps: int,
 
   mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(mesh_lib.AXIS), P()),
                          out_specs=(P(mesh_lib.AXIS), P(mesh_lib.AXIS)), check_vma=False)
-  return jax.jit(mapped)
+  jitted = jax.jit(mapped)
+  jitted.clean_only = steps <= 0  # both outputs are the clean logits: ``predict`` fetches one
+  return jitted
 
 
 def predict(eval_step, variables, images, labels, batch_size, mesh, key):
-  """Clean and adversarial logits ``[M, K]`` (numpy) for all of ``images``, on every host."""
-  clean, adv = [], []
+  """Clean and adversarial logits ``[M, K]`` (numpy) for all of ``images``, on every host.
+
+  The logits stay on the devices until the pass ends and come to the host in one
+  fetch: a copy per batch would make the host wait for every batch, with the devices
+  idle while it prepares the next one. At most ``IN_FLIGHT`` batches are queued ahead
+  (their inputs wait in device memory).
+  """
+  clean_only = getattr(eval_step, 'clean_only', False)
+  outs = []  # per batch: clean [B, K] (clean_only) or (clean, adv), global device arrays
   for batch in data.eval_batches(images, labels, batch_size, jax.process_index(),
                                  jax.process_count()):
     batch.pop('mask')  # the padding rows are cut off below ([:n])
     c, a = eval_step(variables, mesh_lib.to_global(batch, mesh), key)
-    clean.append(_host(c))
-    adv.append(_host(a))
+    outs.append(c if clean_only else (c, a))
+    if len(outs) > IN_FLIGHT:
+      jax.block_until_ready(outs[-IN_FLIGHT - 1])
+  host = fetch(outs)
   n = len(labels)
-  return np.concatenate(clean)[:n], np.concatenate(adv)[:n]
+  if clean_only:
+    clean = np.concatenate(host)[:n]
+    return clean, clean
+  return (np.concatenate([c for c, _ in host])[:n],
+          np.concatenate([a for _, a in host])[:n])
 
 
-def _host(x):
+def fetch(tree):
+  """Global device arrays -> numpy, in one transfer (all processes' rows on every host)."""
   if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -27,6 +27,10 @@ class ObjectiveParams(NamedTuple):
   te_momentum: float = 0.9  # TE: EMA momentum of the prediction table
   te_rampup_epochs: int = 0  # TE: epochs over which the weight ramps up (sigmoid)
   norm: str = 'Linf'  # the training attack's threat model: 'Linf' or 'L2'
+  kd_temperature: float = 2.0  # KD: temperature of the distillation softmaxes
+  kd_ce_weight: float = 0.3  # KD: weight of the CE on the (possibly refined) target
+  kd_weight: float = 0.6  # KD: weight of the robust teacher's term
+  kd_std_weight: float = 0.1  # KD: weight of the standard teacher's term
 
 
 class Forward(NamedTuple):

@@ -15,7 +15,7 @@ import re
 from typing import Iterable
 
 from sglr_jax.report import tables
-from sglr_jax.report.figures import curves, grad_norm, noisy_fit, reliability
+from sglr_jax.report.figures import calibration_curves, curves, grad_norm, noisy_fit, reliability
 from sglr_jax.report.runs import Run, display_labels, load_run
 
 __all__ = ['Run', 'load_run', 'make_report']
@@ -25,6 +25,8 @@ _FIGURES = (
     ('Learning curves (Fig. 2)', curves.FILE_NAME, curves.plot_accuracy_curves),
     ('Gradient norm (Fig. 1)', grad_norm.FILE_NAME, grad_norm.plot_grad_norm),
     ('Memorization of noisy labels (Fig. 4)', noisy_fit.FILE_NAME, noisy_fit.plot_noisy_fit),
+    ('Calibration over training (Fig. B.2)', calibration_curves.FILE_NAME,
+     calibration_curves.plot_ece_curves),
 )
 
 

@@ -6,6 +6,11 @@ of the training labels (memorisation under label noise), one line of
 accuracy improved). The last epoch is also saved as ``final``. Re-running on a
 workdir resumes from the newest readable ``latest`` checkpoint.
 
+With SWA on (``train.swa_start_epoch``), every epoch end recomputes the average's
+BatchNorm statistics, and evaluations, ``best`` and ``final`` use the average once it
+holds a snapshot (``experiment.variables_of``). KD's teachers are restored before
+anything is written.
+
 SIGTERM (preemption) saves ``latest`` at the next step boundary, mid-epoch, with
 the unfinished epoch's per-step metric sums, and returns; the resumed run starts
 inside that epoch (``state.step`` says where) and logs the same history as an
@@ -30,10 +35,10 @@ import numpy as np
 from tqdm import tqdm
 
 from sglr_jax import checkpoints, data, distributed, experiment, history, mesh as mesh_lib
-from sglr_jax import workdir as workdir_lib
+from sglr_jax import tensorboard, workdir as workdir_lib
 from sglr_jax.evaluation import metrics, predict
 from sglr_jax.training import preemption, progress as progress_lib, state as state_lib
-from sglr_jax.training import step as step_lib, summary
+from sglr_jax.training import step as step_lib, summary, swa
 
 Hook = Callable[[int], None]
 
@@ -86,6 +91,9 @@ def _evaluate_epoch(exp, st, epoch, eval_step, fit_step, key) -> dict:
                                  ds.test_labels, ev.batch_size, exp.mesh, key)
     out['test_natural_acc'] = metrics.masked_accuracy(clean, ds.test_labels)
     out['test_pgd20_acc'] = metrics.masked_accuracy(adv, ds.test_labels)
+    # calibration over training (paper Fig. B.2): the one ECE, on the same logits
+    out['test_ece_clean'] = metrics.calibration(clean, ds.test_labels)['ece']
+    out['test_ece_pgd20'] = metrics.calibration(adv, ds.test_labels)['ece']
   if tp.train_fit_every_epochs and (epoch + 1) % tp.train_fit_every_epochs == 0:
     logits, _ = predict.predict(fit_step, experiment.variables_of(st), ds.train_images,
                                 ds.train_labels, ev.batch_size, exp.mesh, key)
@@ -101,12 +109,26 @@ def train_and_evaluate(config, workdir: str, progress: bool = True,
   (before the preemption check of that step), e.g. to report or to act at a chosen step.
   """
   exp = experiment.build(config)  # validates the config, loads the data
+  teachers = experiment.load_teachers(exp)  # KD: a missing teacher fails before any write
   workdir_lib.check_writable(workdir)
   with workdir_lib.Lock(workdir):
-    return _train(exp, workdir, progress, tuple(hooks))
+    return _train(exp, workdir, progress, tuple(hooks), teachers)
 
 
-def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> list[dict]:
+def _swa_batch_stats(exp: experiment.Experiment, st, bn_pass, shardings):
+  """``st`` with the SWA average's BatchNorm statistics recomputed on the training data
+  (one pass over the epoch-0 order of the training set), when the average holds a
+  snapshot."""
+  if bn_pass is None or int(st.swa_count) == 0:
+    return st
+  batches = (mesh_lib.to_global(b, exp.mesh) for b in data.train_batches(
+      exp.ds, exp.seed, 0, exp.train.batch_size, jax.process_index(), jax.process_count()))
+  stats = swa.recompute_batch_stats(bn_pass, st.swa_params, st.swa_batch_stats, batches)
+  return jax.device_put(st.replace(swa_batch_stats=stats), shardings)
+
+
+def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks,
+           teachers: tuple = ()) -> list[dict]:
   is_main = jax.process_index() == 0
   spe, tp, ev = exp.steps_per_epoch, exp.train, exp.eval
   st = experiment.initial_state(exp)
@@ -120,73 +142,100 @@ def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks) -> l
   if is_main:
     history.truncate_history(workdir, done)
 
-  train_step = step_lib.make_train_step(exp.model, exp.step, exp.mesh, st, ops=exp.attack_ops)
+  train_step = step_lib.make_train_step(exp.model, exp.step, exp.mesh, st, ops=exp.attack_ops,
+                                        teachers=teachers)
+  bn_pass = swa.make_bn_pass(exp.model, exp.mesh) if exp.step.swa is not None else None
   eval_step = predict.make_eval_step(exp.eval_model, exp.mesh, eps=ev.eps, step_size=ev.step_size,
                                      steps=ev.steps, norm=ev.norm, ops=exp.attack_ops)
   fit_step = predict.make_eval_step(exp.eval_model, exp.mesh, eps=0.0, step_size=0.0, steps=0)
-  schedule = state_lib.lr_schedule(exp.optim.lr, exp.schedule, spe)
-  eval_key = jax.random.PRNGKey(ev.seed)
-  every = tp.checkpoint_every_steps
   if done >= tp.epochs and not checkpoints.committed(workdir, 'final', tp.epochs):
     # killed after the last epoch's 'latest', before or inside the save of 'final'
     logging.warning('all %d epochs are done; saving the missing final checkpoint', tp.epochs)
     checkpoints.save(workdir, 'final', st, tp.epochs)
-  with preemption.Preemption() as preempt:
-    for epoch in range(done, tp.epochs):
-      first = step - epoch * spe  # > 0 only when resuming inside this epoch
-      t0 = time.time() - partial_time
-      sums, partial_sums, partial_time = partial_sums, [], 0.0
-      batches = data.train_batches(exp.ds, exp.seed, epoch, tp.batch_size, jax.process_index(),
-                                   jax.process_count(), start_step=first)
-      bar = tqdm(batches, total=spe, initial=first, desc=f'epoch {epoch + 1}/{tp.epochs}',
-                 disable=not (progress and is_main), leave=False)
-      stopped = False
-      for batch in bar:
-        st, m = train_step(st, mesh_lib.to_global(batch, exp.mesh))
-        sums.append(m)
-        step += 1
-        for hook in hooks:
-          hook(step)
-        stop = preempt.check(step)  # every step: the multi-process sync protocol needs it
-        if step < (epoch + 1) * spe and (stop or (every and step % every == 0)):
-          sums = jax.device_get(sums)
-          check_finite(sums, epoch, 0)
-          checkpoints.save(workdir, 'latest', st, step,
-                           progress_lib.record(epoch, sums, spe, time.time() - t0))
-          if stop:
-            stopped = True
-            break
-      bar.close()
-      if stopped:
-        if is_main:
-          logging.warning('SIGTERM: saved checkpoint latest/%d (epoch %d, step %d of %d); '
-                          'run the same command again to resume', step, epoch + 1,
-                          step - epoch * spe, spe)
-        break
-      sums = jax.device_get(sums)
-      check_finite(sums, epoch, 0)
-      # Same shardings as before, so the next epoch's step does not recompile.
-      st = jax.device_put(st.replace(epoch=st.epoch + 1), shardings)
-      record = summary.epoch_record(epoch, sums, float(schedule(epoch * spe)))
-      record['train_time_s'] = round(time.time() - t0, 2)
-      record.update(_evaluations(exp, st, epoch, eval_step, fit_step, eval_key))
-      record['epoch_time_s'] = round(time.time() - t0, 2)
-      improved = improves(record.get('test_pgd20_acc'), st.best_metric)
-      if improved:
-        st = jax.device_put(
-            st.replace(best_metric=jnp.asarray(record['test_pgd20_acc'], jnp.float32)), shardings)
-      if is_main:
-        history.append_history(workdir, record)
-        if progress:
-          tqdm.write(summary.console_line(record))
-      if improved:
-        checkpoints.save(workdir, 'best', st, epoch + 1)
-      checkpoints.save(workdir, 'latest', st, step, progress_lib.record(epoch + 1, [], spe, 0.0))
-      if epoch + 1 == tp.epochs:
-        checkpoints.save(workdir, 'final', st, epoch + 1)
-      if preempt.at_epoch_end() or (tp.halt_after_epoch and epoch + 1 >= tp.halt_after_epoch):
-        if is_main:
-          logging.warning('stopping after epoch %d (%s)', epoch + 1,
-                          'SIGTERM' if preempt.requested else 'train.halt_after_epoch')
-        break
+  try:
+    with preemption.Preemption() as preempt, tensorboard.StepLog(
+        workdir, step, tp.batch_size, enabled=is_main) as steplog:
+      _epochs(exp, workdir, progress, hooks, st, step, partial_sums, partial_time, preempt,
+              steplog, train_step, bn_pass, eval_step, fit_step, shardings)
+  finally:
+    checkpoints.wait()  # the asynchronous save of the last 'latest'
   return history.read_history(workdir)
+
+
+def _save_epoch(workdir: str, st, epoch: int, step: int, improved: bool, tp, spe: int):
+  """The epoch's checkpoints: 'latest' written asynchronously (the next epoch's steps
+  do not wait on storage), 'best' / 'final' as links to its files once committed."""
+  also = (('best', epoch + 1),) if improved else ()
+  if epoch + 1 == tp.epochs:
+    also += (('final', epoch + 1),)
+  checkpoints.save(workdir, 'latest', st, step, progress_lib.record(epoch + 1, [], spe, 0.0),
+                   asynchronous=True, also=also)
+
+
+def _epochs(exp, workdir, progress, hooks, st, step, partial_sums, partial_time, preempt,
+            steplog, train_step, bn_pass, eval_step, fit_step, shardings):
+  """The epochs from the resume point on (see the module docstring)."""
+  is_main = jax.process_index() == 0
+  spe, tp, ev = exp.steps_per_epoch, exp.train, exp.eval
+  schedule = state_lib.lr_schedule(exp.optim.lr, exp.schedule, spe)
+  eval_key = jax.random.PRNGKey(ev.seed)
+  every = tp.checkpoint_every_steps
+  for epoch in range(int(st.epoch), tp.epochs):
+    first = step - epoch * spe  # > 0 only when resuming inside this epoch
+    t0 = time.time() - partial_time
+    sums, partial_sums, partial_time = partial_sums, [], 0.0
+    batches = data.prefetch_to_mesh(
+        data.train_batches(exp.ds, exp.seed, epoch, tp.batch_size, jax.process_index(),
+                           jax.process_count(), start_step=first), exp.mesh, size=2)
+    bar = tqdm(batches, total=spe, initial=first, desc=f'epoch {epoch + 1}/{tp.epochs}',
+               disable=not (progress and is_main), leave=False)
+    stopped = False
+    steplog.restart()  # step times exclude the evaluation and saves before
+    for batch in bar:
+      st, m = train_step(st, batch)
+      sums.append(m)
+      step += 1
+      steplog.add(step, m)  # one device sync every steplog.every steps
+      for hook in hooks:
+        hook(step)
+      stop = preempt.check(step)  # every step: the multi-process sync protocol needs it
+      if step < (epoch + 1) * spe and (stop or (every and step % every == 0)):
+        sums = jax.device_get(sums)
+        check_finite(sums, epoch, 0)
+        checkpoints.save(workdir, 'latest', st, step,
+                         progress_lib.record(epoch, sums, spe, time.time() - t0))
+        if stop:
+          stopped = True
+          break
+    bar.close()
+    batches.close()  # stops the prefetch thread (after a SIGTERM break too)
+    steplog.flush()
+    if stopped:
+      if is_main:
+        logging.warning('SIGTERM: saved checkpoint latest/%d (epoch %d, step %d of %d); '
+                        'run the same command again to resume', step, epoch + 1,
+                        step - epoch * spe, spe)
+      break
+    sums = jax.device_get(sums)
+    check_finite(sums, epoch, 0)
+    # Same shardings as before, so the next epoch's step does not recompile.
+    st = jax.device_put(st.replace(epoch=st.epoch + 1), shardings)
+    st = _swa_batch_stats(exp, st, bn_pass, shardings)  # what evaluation and saves see
+    record = summary.epoch_record(epoch, sums, float(schedule(epoch * spe)))
+    record['train_time_s'] = round(time.time() - t0, 2)
+    record.update(_evaluations(exp, st, epoch, eval_step, fit_step, eval_key))
+    record['epoch_time_s'] = round(time.time() - t0, 2)
+    improved = improves(record.get('test_pgd20_acc'), st.best_metric)
+    if improved:
+      st = jax.device_put(
+          st.replace(best_metric=jnp.asarray(record['test_pgd20_acc'], jnp.float32)), shardings)
+    if is_main:
+      history.append_history(workdir, record)
+      if progress:
+        tqdm.write(summary.console_line(record))
+    _save_epoch(workdir, st, epoch, step, improved, tp, spe)
+    if preempt.at_epoch_end() or (tp.halt_after_epoch and epoch + 1 >= tp.halt_after_epoch):
+      if is_main:
+        logging.warning('stopping after epoch %d (%s)', epoch + 1,
+                        'SIGTERM' if preempt.requested else 'train.halt_after_epoch')
+      break

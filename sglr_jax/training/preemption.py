@@ -11,13 +11,16 @@ from jax.experimental import multihost_utils
 class Preemption:
   """A context manager the loop asks after every step whether to save and stop.
 
-  One process: a Python SIGTERM handler sets a flag, read after every step.
-  Under ``jax.distributed`` JAX's preemption service owns SIGTERM (it is installed
-  by ``jax.distributed.initialize`` and tells every process of a notice that any
-  of them got); ``reached_preemption_sync_point(step)`` then turns True on all
-  processes at the same step, so they save the same checkpoint. No Python handler
-  is installed in that case: it would replace JAX's. Without the service (it is
-  on by default), processes agree on a stop only at the end of an epoch.
+  Without a ``jax.distributed`` client (one process, or processes that were never
+  joined): a Python SIGTERM handler sets a flag, read after every step. With a client
+  JAX's preemption service owns SIGTERM (installed by ``jax.distributed.initialize``, it
+  tells every process of a notice that any of them got);
+  ``reached_preemption_sync_point(step)`` then turns True on all processes at the same
+  step, so they save the same checkpoint. No Python handler is installed in that case:
+  it would replace JAX's. With a client but the service turned off, the Python handler
+  is installed and processes agree on a stop only at the end of an epoch. The choice
+  depends on whether the client exists, not on the process count: a one-process run
+  under a launcher JAX detects has a client and the service.
   """
 
   def __init__(self):
@@ -26,8 +29,8 @@ class Preemption:
     self._sync = False
 
   def __enter__(self):
-    multi = jax.process_count() > 1 or jax.distributed.is_initialized()
-    self._sync = multi and bool(jax.config.jax_enable_preemption_service)
+    self._sync = (jax.distributed.is_initialized()
+                  and bool(jax.config.jax_enable_preemption_service))
     if not self._sync:
       try:
         self._previous = signal.signal(signal.SIGTERM, self._handle)

@@ -23,12 +23,19 @@ class TrainState(train_state.TrainState):
   ``epoch``: number of completed epochs (so it is the 0-based index of the running one).
   ``rng``: base key; a step's key is ``fold_in(rng, step)``.
   ``best_metric``: best test PGD-20 accuracy so far (-1 before the first evaluation).
+  ``swa_params``, ``swa_batch_stats``, ``swa_count``: stochastic weight averaging (None
+  when it is off, so checkpoints of runs without it keep their layout): the mean of the
+  ``swa_count`` collected snapshots of ``params``, and BatchNorm statistics recomputed
+  for that mean on the training data (``training.swa``).
   """
   batch_stats: Any
   label_table: jax.Array
   epoch: jax.Array
   rng: jax.Array
   best_metric: jax.Array
+  swa_params: Any = None
+  swa_batch_stats: Any = None
+  swa_count: Optional[jax.Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +91,11 @@ def init_variables(model, image_shape, key, compiler_options: Optional[dict] = N
 
 
 def create_train_state(model, tx, image_shape, labels, num_classes, key, table_rows: int = 0,
-                       compiler_options: Optional[dict] = None) -> TrainState:
+                       compiler_options: Optional[dict] = None, swa: bool = False) -> TrainState:
   """Initialises parameters from ``key`` and the label table from the training labels.
 
   ``table_rows`` (>= N) pads the table so that it splits evenly over devices; the
-  padding rows are never read.
+  padding rows are never read. ``swa``: hold a weight average (empty until collected).
   """
   table = sglr_table.init_table(labels, num_classes)
   if table_rows > table.shape[0]:
@@ -104,4 +111,8 @@ def create_train_state(model, tx, image_shape, labels, num_classes, key, table_r
       epoch=jnp.zeros((), jnp.int32),
       rng=run_key,
       best_metric=jnp.full((), -1.0, jnp.float32),
+      swa_params=jax.tree.map(jnp.copy, variables['params']) if swa else None,
+      swa_batch_stats=(jax.tree.map(jnp.copy, variables.get('batch_stats', {}))
+                       if swa else None),
+      swa_count=jnp.zeros((), jnp.int32) if swa else None,
   )

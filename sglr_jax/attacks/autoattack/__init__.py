@@ -1,5 +1,8 @@
 """AutoAttack's standard ensemble (Croce and Hein, 2020): APGD-CE, APGD-T, FAB-T, Square.
 
+The 'rand' version (APGD-CE and APGD-DLR with EOT) is for models with a randomised
+forward pass (``run_autoattack(..., version='rand', randomised=True)``).
+
 Runs the attacks in order, each only on the points still robust, and keeps for every
 point the first adversarial example found (the worst case over the ensemble). As in the
 reference, an attack's restarts and target classes each work only on the points still
@@ -17,8 +20,8 @@ batch size, and do not depend on which other points share a batch.
 from __future__ import annotations
 
 from sglr_jax.attacks.autoattack.config import (ATTACKS, BUDGETS, STANDARD_ATTACKS,
-                                                AutoAttackConfig)
+                                                VERSIONS, AutoAttackConfig, version_setup)
 from sglr_jax.attacks.autoattack.runner import compile_attacks, predict, run_autoattack
 
-__all__ = ['ATTACKS', 'BUDGETS', 'STANDARD_ATTACKS', 'AutoAttackConfig', 'compile_attacks',
-           'predict', 'run_autoattack']
+__all__ = ['ATTACKS', 'BUDGETS', 'STANDARD_ATTACKS', 'VERSIONS', 'AutoAttackConfig',
+           'compile_attacks', 'predict', 'run_autoattack', 'version_setup']

@@ -114,9 +114,11 @@ def check_summary(s: dict, eps: float, norm: str) -> list:
   return out
 
 
-def before(logits_fn, x, y, num_classes: int, attacks, cfg) -> list:
-  """The checks on the first batch ``x, y`` before the attacks; returns the flags."""
-  flags = check_randomized(logits_fn, x, y)
+def before(logits_fn, x, y, num_classes: int, attacks, cfg, randomized: bool = True) -> list:
+  """The checks on the first batch ``x, y`` before the attacks; returns the flags.
+  ``randomized``: run ``check_randomized`` (the 'rand' version expects a random model
+  and skips it, as the reference does)."""
+  flags = check_randomized(logits_fn, x, y) if randomized else []
   flags += check_range_output(logits_fn(x))
   flags += check_zero_gradients(logits_fn, x, y)
   flags += check_n_classes(num_classes, attacks, cfg.apgd_t_n_target_classes,

@@ -28,6 +28,9 @@ class AutoAttackConfig:
   square_p_init: float = 0.8
   # How often Square's remaining points are gathered again (a throughput knob only).
   square_queries_per_call: int = 100
+  # APGD's gradient averaged over this many draws of a randomised model (EOT; the
+  # 'rand' version). Moot for a deterministic model.
+  eot_iter: int = 1
   # Not in the reference: end APGD / FAB iterations once every point of a batch is
   # decided. Same robust accuracy, faster on weak models, but the adversarial points
   # returned are earlier iterates (APGD) or not the smallest found (FAB).
@@ -42,6 +45,22 @@ BUDGETS = {
                               fab_n_iter=10, fab_n_target_classes=3, square_n_queries=100,
                               square_queries_per_call=50),
 }
+
+
+VERSIONS = ('standard', 'rand')
+
+
+def version_setup(version: str, attacks, cfg: AutoAttackConfig):
+  """``(attacks, cfg)`` of a version, the reference's ``set_version``: 'standard' keeps
+  them (``attacks`` None: the standard four); 'rand', for models with a randomised
+  forward pass, runs APGD-CE and APGD-DLR (unless ``attacks`` says otherwise) with one
+  restart and the gradient averaged over twenty draws."""
+  if version == 'standard':
+    return tuple(attacks or STANDARD_ATTACKS), cfg
+  if version == 'rand':
+    return (tuple(attacks or ('apgd-ce', 'apgd-dlr')),
+            dataclasses.replace(cfg, apgd_n_restarts=1, eot_iter=20))
+  raise ValueError(f'version={version!r}; allowed: {", ".join(VERSIONS)}')
 
 
 def n_runs(name: str, cfg: AutoAttackConfig) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 from jax.sharding import PartitionSpec as P
@@ -28,6 +28,33 @@ from sglr_jax.attacks.fab import fab_targeted_run
 from sglr_jax.attacks.square import square_init, square_queries
 
 ModelFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x) -> logits
+MODEL_STREAM = 0x7fffffff  # fold_in tag of a randomised model's draws
+
+
+class Randomised(NamedTuple):
+  """A model with a randomised forward pass, ``fn(variables, x, key) -> logits``: a
+  static argument like any ``model_fn`` (equal and hashed by ``fn``).
+
+  APGD averages its gradients over ``eot_iter`` draws; every other program (FAB,
+  Square, the predictions) sees one draw per call, from a key derived from the attack's
+  key, the batch's first point and the run (or query slice).
+  """
+  fn: Callable
+
+
+def draw_key(key, example_ids, *data):
+  """A randomised model's key for one padded batch (per device under a mesh)."""
+  k = jax.random.fold_in(jax.random.fold_in(key, MODEL_STREAM), example_ids[0])
+  for d in data:
+    k = jax.random.fold_in(k, d)
+  return k
+
+
+def bind(model_fn, variables, key=None) -> LogitsFn:
+  """``x -> logits``: a randomised model with its draw fixed by ``key``."""
+  if isinstance(model_fn, Randomised):
+    return lambda z: model_fn.fn(variables, z, key)
+  return functools.partial(model_fn, variables)
 
 # Traces of each program: jax traces a jitted function once per new static arguments
 # and argument types, before it compiles it, so a count that stays put means nothing
@@ -54,11 +81,11 @@ def run_fn(name: str, cfg: AutoAttackConfig, ops: AttackOps = DEFAULT_OPS):
   if name in ('apgd-ce', 'apgd-dlr'):
     return functools.partial(apgd_run, loss=name[5:], norm=cfg.norm, rho=cfg.rho,
                              n_iter=cfg.apgd_n_iter, n_restarts=cfg.apgd_n_restarts,
-                             early_stop=cfg.early_stop, ops=ops)
+                             early_stop=cfg.early_stop, eot_iter=cfg.eot_iter, ops=ops)
   if name == 'apgd-t':
     return functools.partial(apgd_run, loss='dlr-targeted', norm=cfg.norm, rho=cfg.rho,
                              n_iter=cfg.apgd_t_n_iter, n_restarts=cfg.apgd_t_n_restarts,
-                             early_stop=cfg.early_stop, ops=ops)
+                             early_stop=cfg.early_stop, eot_iter=cfg.eot_iter, ops=ops)
   if name == 'fab-t':
     return functools.partial(fab_targeted_run, norm=cfg.norm, n_iter=cfg.fab_n_iter,
                              n_restarts=cfg.fab_n_restarts, alpha_max=cfg.fab_alpha_max,
@@ -95,9 +122,17 @@ def run_batch(model_fn: ModelFn, name: str, cfg: AutoAttackConfig, variables, x,
               example_ids, key, eps, run, *, ops: AttackOps = DEFAULT_OPS, sharding=None):
   """One run of one attack on one padded batch: ``(x_candidate [B, ...], fooled [B])``."""
   def program(variables, x, y, mask, example_ids, key, eps, run):
-    logits_fn = functools.partial(model_fn, variables)
-    cand, robust = run_fn(name, cfg, ops)(logits_fn, x, y, run, eps=eps, key=key,
-                                          active=mask, example_ids=example_ids)
+    attack = run_fn(name, cfg, ops)
+    if not isinstance(model_fn, Randomised):
+      cand, robust = attack(functools.partial(model_fn, variables), x, y, run, eps=eps,
+                            key=key, active=mask, example_ids=example_ids)
+    elif name.startswith('apgd'):   # every evaluation a fresh draw, gradients over EOT
+      cand, robust = attack(lambda z, k: model_fn.fn(variables, z, k), x, y, run, eps=eps,
+                            key=key, active=mask, example_ids=example_ids,
+                            model_key=draw_key(key, example_ids))
+    else:
+      cand, robust = attack(bind(model_fn, variables, draw_key(key, example_ids, run)), x,
+                            y, run, eps=eps, key=key, active=mask, example_ids=example_ids)
     return cand, mask & ~robust
   batched = (False, True, True, True, True, False, False, False)
   return _per_device(program, sharding, batched)(variables, x, y, mask, example_ids, key,
@@ -110,7 +145,7 @@ def square_init_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y,
                       example_ids, key, eps, *, sharding=None):
   """Square's start on one padded batch: a ``SquareState``."""
   def program(variables, x, y, example_ids, key, eps):
-    logits_fn = functools.partial(model_fn, variables)
+    logits_fn = bind(model_fn, variables, draw_key(key, example_ids, 0))
     keys = run_keys(key, x.shape[0], example_ids, 0)
     return square_init(logits_fn, x, y, keys, eps=eps, n_queries=cfg.square_n_queries,
                        norm=cfg.norm)
@@ -124,7 +159,7 @@ def square_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y, stat
                  example_ids, key, eps, start, *, sharding=None):
   """Queries ``[start, start + square_queries_per_call)`` on one padded batch."""
   def program(variables, x, y, state, mask, example_ids, key, eps, start):
-    logits_fn = functools.partial(model_fn, variables)
+    logits_fn = bind(model_fn, variables, draw_key(key, example_ids, start + 1))
     keys = run_keys(key, x.shape[0], example_ids, 0)
     return square_queries(logits_fn, x, y, state, keys, mask, eps=eps, start=start,
                           stop=start + cfg.square_queries_per_call,
@@ -137,22 +172,31 @@ def square_batch(model_fn: ModelFn, cfg: AutoAttackConfig, variables, x, y, stat
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=('sharding',))
 @_counted
-def predict_batch(model_fn: ModelFn, variables, x, *, sharding=None):
-  """Predicted labels ``[B]`` of one padded batch."""
-  program = lambda variables, x: predict(functools.partial(model_fn, variables), x)
-  return _per_device(program, sharding, (False, True))(variables, x)
+def predict_batch(model_fn: ModelFn, variables, x, key=None, *, sharding=None):
+  """Predicted labels ``[B]`` of one padded batch (a randomised model: the draw
+  ``key``)."""
+  if key is None:
+    program = lambda variables, x: predict(bind(model_fn, variables), x)
+    return _per_device(program, sharding, (False, True))(variables, x)
+  program = lambda variables, x, key: predict(bind(model_fn, variables, key), x)
+  return _per_device(program, sharding, (False, True, False))(variables, x, key)
 
 
 @functools.lru_cache(maxsize=64)
 def _without_variables(logits_fn: LogitsFn) -> ModelFn:
   """``logits_fn(x)`` as a ``model_fn(variables, x)`` ignoring its (empty) variables;
   cached, so the programs of one ``logits_fn`` compile once."""
-  return lambda variables, x: logits_fn(x)
+  return lambda variables, *args: logits_fn(*args)
 
 
-def as_model(logits_fn, variables):
+def as_model(logits_fn, variables, randomised: bool = False):
   """``(model_fn, variables)`` for the programs, from the caller's convention:
-  ``logits_fn(x)`` when ``variables`` is None, else ``logits_fn(variables, x)``."""
+  ``logits_fn(x)`` when ``variables`` is None, else ``logits_fn(variables, x)``; a
+  ``randomised`` model takes a key last (``logits_fn(x, key)``) and becomes a
+  ``Randomised``. A ``model_fn`` already made passes through."""
+  if isinstance(logits_fn, Randomised):
+    return logits_fn, (() if variables is None else variables)
   if variables is None:
-    return _without_variables(logits_fn), ()
-  return logits_fn, variables
+    fn = _without_variables(logits_fn)
+    return (Randomised(fn) if randomised else fn), ()
+  return (Randomised(logits_fn) if randomised else logits_fn), variables

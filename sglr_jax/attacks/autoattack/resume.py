@@ -25,14 +25,16 @@ class StateMismatchError(errors.UserError, ValueError):
   """The state file belongs to another run (points, eps, attacks, config, key, model)."""
 
 
-def fingerprint(x, y, eps, attacks, cfg, key_data, variables=()) -> str:
+def fingerprint(x, y, eps, attacks, cfg, key_data, variables=(),
+                randomised: bool = False) -> str:
   """What a state file belongs to: the points, labels, eps, attacks, config, key and
-  model variables."""
+  model variables (and whether the model is randomised)."""
   h = hashlib.sha256()
   leaves = [np.asarray(v) for v in jax.tree.leaves(variables)]
   for a in [np.ascontiguousarray(x), np.ascontiguousarray(y), np.asarray(key_data)] + leaves:
     h.update(a.tobytes())
-  h.update(json.dumps([float(eps), list(attacks), repr(cfg)]).encode())
+  h.update(json.dumps([float(eps), list(attacks), repr(cfg)]
+                      + (['randomised'] if randomised else [])).encode())
   return h.hexdigest()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
+import itertools
 import os
 import time
 from typing import Optional, Sequence
@@ -15,8 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sglr_jax.attacks.autoattack import checks, programs, resume
-from sglr_jax.attacks.autoattack.config import (ATTACKS, STANDARD_ATTACKS,
-                                                AutoAttackConfig, check_attack, n_runs)
+from sglr_jax.attacks.autoattack.config import (ATTACKS, AutoAttackConfig, check_attack,
+                                                n_runs, version_setup)
 from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps, LogitsFn, check_targets
 from sglr_jax.attacks.square import SquareState
 
@@ -54,16 +55,20 @@ def placer(sharding=None):
   return put
 
 
-def predict(logits_fn, x, batch_size: int = 250, sharding=None, variables=None) -> np.ndarray:
+def predict(logits_fn, x, batch_size: int = 250, sharding=None, variables=None,
+            key=None) -> np.ndarray:
   """Predicted labels ``[N]`` in fixed-size padded batches (one compilation).
-  ``logits_fn(x)``, or ``logits_fn(variables, x)`` when ``variables`` is given."""
+  ``logits_fn(x)``, or ``logits_fn(variables, x)`` when ``variables`` is given; a
+  ``programs.Randomised`` model draws from ``fold_in(key, first index of the batch)``."""
   x = np.asarray(x, np.float32)
   out = np.empty(len(x), np.int64)
   put = placer(sharding)
   model_fn, variables = programs.as_model(logits_fn, variables)
+  randomised = isinstance(model_fn, programs.Randomised)
   if len(x):
-    fn = lambda p, _: programs.predict_batch(model_fn, variables, *put(x[p]),
-                                             sharding=sharding)
+    fn = lambda p, _: programs.predict_batch(
+        model_fn, variables, *put(x[p]), jax.random.fold_in(key, p[0]) if randomised
+        else None, sharding=sharding)
     for real, pred in map_batches(fn, np.arange(len(x)), batch_size):
       out[real] = pred
   return out
@@ -140,8 +145,17 @@ def _attack_square(model_fn, variables, cfg, x, y, todo, batch_size, key, eps, b
 
 
 def num_classes(model_fn, variables, example_shape) -> int:
-  return int(jax.eval_shape(model_fn, variables, jax.ShapeDtypeStruct(
+  logits_fn = programs.bind(model_fn, variables, jax.random.key(0))
+  return int(jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(
       (1,) + tuple(example_shape), jnp.float32)).shape[-1])
+
+
+def _draws(model_fn, variables, key):
+  """``x -> logits`` for the checks: a randomised model draws anew at every call."""
+  if not isinstance(model_fn, programs.Randomised):
+    return programs.bind(model_fn, variables)
+  count = itertools.count()
+  return lambda z: model_fn.fn(variables, z, jax.random.fold_in(key, next(count)))
 
 
 def _check_targets(model_fn, variables, cfg, attacks, example_shape):
@@ -156,12 +170,20 @@ def _check_targets(model_fn, variables, cfg, attacks, example_shape):
 
 
 def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: int = 250,
-                   attacks: Sequence[str] = STANDARD_ATTACKS,
+                   attacks: Optional[Sequence[str]] = None,
                    config: Optional[AutoAttackConfig] = None, progress: bool = True,
                    sharding=None, variables=None, ops: AttackOps = DEFAULT_OPS,
                    sanity_checks: bool = True, state_path: Optional[str] = None,
-                   state_every_s: float = 60.0, hook=None) -> dict:
+                   state_every_s: float = 60.0, hook=None, version: str = 'standard',
+                   randomised: bool = False) -> dict:
   """Runs the ensemble on ``x [N, H, W, C]`` (float in [0, 1]) with labels ``y [N]``.
+
+  ``version``: 'standard' (``attacks`` default to the standard four) or 'rand' (default
+  APGD-CE and APGD-DLR, one restart, gradients averaged over twenty draws of the
+  model: ``config.version_setup``). ``randomised``: the model's forward pass is random
+  and takes a key last, ``logits_fn(x, key)`` (``logits_fn(variables, x, key)``); each
+  draw folds its own key (``programs.Randomised``), so a run is still reproducible
+  for a key and batch size. A deterministic model gains nothing from 'rand'.
 
   ``sharding``: where each padded batch goes (e.g. ``NamedSharding(mesh, P('data'))``
   to split it over the devices of a mesh; ``batch_size`` must divide evenly); default:
@@ -183,24 +205,27 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
   and ``nan_count`` of ``x_adv``; ``broken_by`` (``[N]`` str: the attack that broke
   each point, '' where none did).
   """
-  cfg = config or AutoAttackConfig()
+  attacks, cfg = version_setup(version, attacks, config or AutoAttackConfig())
   for name in attacks:
     check_attack(name, cfg)
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
   eps_arr = jnp.float32(eps)
   put = placer(sharding)
-  model_fn, variables = programs.as_model(logits_fn, variables)
+  model_fn, variables = programs.as_model(logits_fn, variables, randomised)
+  pkey = jax.random.fold_in(key, programs.MODEL_STREAM)  # the predictions' draws
   flags = []
   if len(x) and sanity_checks:
-    first = functools.partial(model_fn, variables)
+    first = _draws(model_fn, variables, jax.random.fold_in(pkey, 1 + len(ATTACKS)))
     flags += checks.before(first, x[:batch_size], y[:batch_size],
-                           num_classes(model_fn, variables, x.shape[1:]), attacks, cfg)
+                           num_classes(model_fn, variables, x.shape[1:]), attacks, cfg,
+                           randomized=version != 'rand')
   if len(x):
     _check_targets(model_fn, variables, cfg, attacks, x.shape[1:])
     warm_up(model_fn, variables, cfg, attacks, x.shape[1:], batch_size,
             jax.random.fold_in(key, 0), sharding, progress, ops)
-  robust = predict(model_fn, x, batch_size, sharding, variables) == y
+  robust = predict(model_fn, x, batch_size, sharding, variables,
+                   jax.random.fold_in(pkey, 0)) == y
   clean_acc = float(robust.mean()) if len(x) else 0.0
   x_adv = x.copy()
   acc_after, seconds = collections.OrderedDict(), collections.OrderedDict()
@@ -209,7 +234,8 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
   if state_path:
     key_data = jax.random.key_data(key) if jnp.issubdtype(
         key.dtype, jax.dtypes.prng_key) else key
-    fp = resume.fingerprint(x, y, eps, attacks, cfg, key_data, variables)
+    fp = resume.fingerprint(x, y, eps, attacks, cfg, key_data, variables,
+                            randomised=isinstance(model_fn, programs.Randomised))
     store = resume.StateFile(state_path, fp, state_every_s)
     saved = store.load()
     if saved is not None:
@@ -244,7 +270,8 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
                            saved=partial if partial and partial['attack'] == name else None)
         # like the reference: a point counts as broken if the model misclassifies the
         # returned point (the attacks' own verdicts only chose what to return)
-        fooled = predict(model_fn, cand, batch_size, sharding, variables) != y[idx]
+        fooled = predict(model_fn, cand, batch_size, sharding, variables,
+                         jax.random.fold_in(pkey, 1 + ATTACKS.index(name))) != y[idx]
         x_adv[idx[fooled]] = cand[fooled]
         robust[idx[fooled]] = False
         broken_by[idx[fooled]] = list(attacks).index(name)
@@ -295,7 +322,9 @@ def warm_up(model_fn: programs.ModelFn, variables, cfg: AutoAttackConfig,
     state = SquareState(*put(*(np.zeros(a.shape, a.dtype) for a in shapes)))  # as the host
     return (model_fn, cfg, variables, x, y, state, mask, ids, key, eps, first)
 
-  jobs = [lambda: programs.predict_batch.lower(model_fn, variables, x, sharding=sharding)]
+  pkey = key if isinstance(model_fn, programs.Randomised) else None
+  jobs = [lambda: programs.predict_batch.lower(model_fn, variables, x, pkey,
+                                               sharding=sharding)]
   for name in attacks:
     check_attack(name, cfg)
     if name == 'square':
@@ -317,12 +346,14 @@ def warm_up(model_fn: programs.ModelFn, variables, cfg: AutoAttackConfig,
 
 
 def compile_attacks(logits_fn, example_shape, *, batch_size: int = 250,
-                    attacks: Sequence[str] = STANDARD_ATTACKS,
+                    attacks: Optional[Sequence[str]] = None,
                     config: Optional[AutoAttackConfig] = None, variables=None,
-                    sharding=None, key=None, ops: AttackOps = DEFAULT_OPS):
+                    sharding=None, key=None, ops: AttackOps = DEFAULT_OPS,
+                    version: str = 'standard', randomised: bool = False):
   """Compiles the ensemble's programs up front (``run_autoattack`` does it too), e.g.
   to time attacks without their compilation. ``key``: of the type the attacks will get
   (a typed ``jax.random.key`` by default; a raw ``PRNGKey`` compiles other programs)."""
-  model_fn, variables = programs.as_model(logits_fn, variables)
-  warm_up(model_fn, variables, config or AutoAttackConfig(), attacks, example_shape,
-          batch_size, jax.random.key(0) if key is None else key, sharding, ops=ops)
+  attacks, cfg = version_setup(version, attacks, config or AutoAttackConfig())
+  model_fn, variables = programs.as_model(logits_fn, variables, randomised)
+  warm_up(model_fn, variables, cfg, attacks, example_shape, batch_size,
+          jax.random.key(0) if key is None else key, sharding, ops=ops)
