@@ -21,7 +21,7 @@ from sglr_jax.history import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ORDER = ('robust_overfitting', 'label_noise', 'alpha_temperature', 'trades')
+ORDER = ('robust_overfitting', 'label_noise', 'batchnorm_noise', 'alpha_temperature', 'trades')
 METRICS = ('natural_acc', 'pgd20_acc')
 COLUMNS = ('best epoch', 'seed', 'final fit of noisy labels (%)', 'training wall (s)')
 
@@ -44,6 +44,25 @@ def run_rows(study_dir: str, summary: dict) -> list[str]:
       row[key] = {p: results.percent(v) for p, v in parts.items()}
     rows.append(row)
   return results.runs_table(rows, METRICS, columns=COLUMNS).splitlines()
+
+
+def _kept_sections(path: str) -> dict:
+  """{study: its section's lines} of an existing RESULTS.md, found by the command line
+  each section starts with (``python studies/STUDY.py``)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    lines = f.read().splitlines()
+  heads = [i for i, l in enumerate(lines) if l.startswith('## ')] + [len(lines)]
+  kept = {}
+  for a, b in zip(heads, heads[1:]):
+    body = lines[a:b]
+    for study in ORDER:
+      if any(l.startswith(f'Command: `python studies/{study}.py') for l in body):
+        while body and not body[-1].strip():
+          body = body[:-1]
+        kept[study] = body
+  return kept
 
 
 def main():
@@ -79,6 +98,11 @@ def main():
     if os.path.exists(reading):
       with open(reading) as f:
         out += ['**Reading.** ' + f.read().strip(), '']
+  kept = _kept_sections(os.path.join(args.docs, 'RESULTS.md'))
+  for study in ORDER:  # a study measured earlier whose outputs are not here: its section stays
+    if study not in found and study in kept:
+      out += kept[study] + ['']
+      found.append(study)
   missing = [s for s in ORDER if s not in found]
   if missing:
     out += ['## Not run yet', '', 'These studies have scripts but no measured outputs in this '

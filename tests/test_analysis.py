@@ -113,12 +113,12 @@ def test_labelled_probability_uses_the_one_softmax():
                              metrics.softmax(logits)[np.arange(4), [0, 1, 2, 3]])
 
 
-def test_analyses_study_on_a_trained_run_resumes(tmp_path):
+def test_analyses_study_on_a_trained_run_resumes(tmp_path, capsys):
   """studies/analyses.py on a tiny noisy-label run: every number, the figures, and a
   re-run that redoes nothing."""
   import json
-  import subprocess
-  import sys
+  import os
+  import runpy
   from conftest import ROOT, tiny_config
   from sglr_jax.training import loop
   wd = str(tmp_path / 'run')
@@ -126,10 +126,9 @@ def test_analyses_study_on_a_trained_run_resumes(tmp_path):
                      'data.noise.rate': 0.4, 'train.train_fit_every_epochs': 0})
   loop.train_and_evaluate(c, wd, progress=False)
   out = tmp_path / 'out'
-  cmd = [sys.executable, 'studies/analyses.py', f'--runs=SGLR={wd}', f'--out={out}',
-         '--probes=2', '--points=40']
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert p.returncode == 0, p.stderr[-3000:]
+  study = runpy.run_path(os.path.join(ROOT, 'studies', 'analyses.py'))
+  argv = [f'--runs=SGLR={wd}', f'--out={out}', '--probes=2', '--points=40']
+  study['main'](argv)
   res = json.loads((out / 'analyses.json').read_text())
   assert [(r['name'], r['kind']) for r in res] == [('SGLR', 'best'), ('SGLR', 'final')]
   for r in res:
@@ -139,5 +138,6 @@ def test_analyses_study_on_a_trained_run_resumes(tmp_path):
   for png in ('density.png', 'density_flipped.png', 'embedding.png'):
     assert (out / png).stat().st_size > 5000
   assert '| SGLR | final | 2 |' in (out / 'analyses.md').read_text()
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert p.returncode == 0 and p.stdout == '', p.stdout  # nothing redone
+  capsys.readouterr()
+  study['main'](argv)
+  assert capsys.readouterr().out == ''  # nothing redone

@@ -14,8 +14,8 @@ SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'stud
                  if not p.endswith(('common.py', 'write_results.py', 'analyses.py')))
 
 
-def test_there_are_four_studies():
-  assert len(SCRIPTS) == 4
+def test_there_are_five_studies():
+  assert len(SCRIPTS) == 5
 
 
 def test_studies_use_the_installed_package():
@@ -52,6 +52,19 @@ def test_results_page_from_hand_written_outputs(tmp_path):
   assert row == ['| TRADES | 98.8 | 99.0 | -0.2 | 92.5 | 91.2 | 1.3 | 7 | 3 | 50.0 | 2.5 |']
   assert '1.5 min for 1 runs' in text
   assert '`studies/robust_overfitting.py`' in text  # the studies not run yet are named
+
+
+def test_results_page_keeps_sections_of_studies_without_outputs_here(tmp_path):
+  docs = tmp_path / 'docs'
+  docs.mkdir()
+  (docs / 'RESULTS.md').write_text(
+      '# Results\n\n## Label noise\n\nCommand: `python studies/label_noise.py --rates 0.4`; '
+      'machine: m\n\n| run | x |\n|---|---|\n| A | 1 |\n\n## Not run yet\n\nstale\n')
+  (tmp_path / 'studies_out').mkdir()
+  text = _write_results(tmp_path / 'studies_out', docs)
+  assert '## Label noise\n\nCommand: `python studies/label_noise.py --rates 0.4`' in text
+  assert '| A | 1 |' in text and 'stale' not in text
+  assert '`studies/label_noise.py`' not in text.split('## Not run yet')[1]
 
 
 @pytest.mark.parametrize('script', SCRIPTS)
