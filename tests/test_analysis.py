@@ -122,8 +122,9 @@ def test_analyses_study_on_a_trained_run_resumes(tmp_path, capsys):
   from conftest import ROOT, tiny_config
   from sglr_jax.training import loop
   wd = str(tmp_path / 'run')
-  c = tiny_config(**{'train.epochs': 2, 'sglr.start_epoch': 1, 'data.noise.kind': 'symmetric',
-                     'data.noise.rate': 0.4, 'train.train_fit_every_epochs': 0})
+  c = tiny_config(**{'train.epochs': 1, 'sglr.start_epoch': 0, 'data.noise.kind': 'symmetric',
+                     'data.noise.rate': 0.4, 'train.train_fit_every_epochs': 0,
+                     'schedule.decay_epochs': (1,)})
   loop.train_and_evaluate(c, wd, progress=False)
   out = tmp_path / 'out'
   study = runpy.run_path(os.path.join(ROOT, 'studies', 'analyses.py'))
@@ -137,7 +138,7 @@ def test_analyses_study_on_a_trained_run_resumes(tmp_path, capsys):
     assert len(r['tsne']['xy']) == 40
   for png in ('density.png', 'density_flipped.png', 'embedding.png'):
     assert (out / png).stat().st_size > 5000
-  assert '| SGLR | final | 2 |' in (out / 'analyses.md').read_text()
+  assert '| SGLR | final | 1 |' in (out / 'analyses.md').read_text()
   capsys.readouterr()
   study['main'](argv)
   assert capsys.readouterr().out == ''  # nothing redone
