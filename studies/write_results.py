@@ -77,7 +77,13 @@ def main():
          '"best" is the epoch with the highest test PGD-20 accuracy, "final" the last epoch, '
          '"diff" best minus final (one decimal, as in the report).', '']
   found = [s for s in ORDER if os.path.exists(os.path.join(args.studies_out, s, 'summary.json'))]
-  for study in found:
+  # a study measured earlier whose outputs are not here: its section stays, in its place
+  kept = _kept_sections(os.path.join(args.docs, 'RESULTS.md'))
+  for study in ORDER:
+    if study not in found:
+      if study in kept:
+        out += kept[study] + ['']
+      continue
     d = os.path.join(args.studies_out, study)
     with open(os.path.join(d, 'summary.json')) as f:
       summary = json.load(f)
@@ -98,12 +104,7 @@ def main():
     if os.path.exists(reading):
       with open(reading) as f:
         out += ['**Reading.** ' + f.read().strip(), '']
-  kept = _kept_sections(os.path.join(args.docs, 'RESULTS.md'))
-  for study in ORDER:  # a study measured earlier whose outputs are not here: its section stays
-    if study not in found and study in kept:
-      out += kept[study] + ['']
-      found.append(study)
-  missing = [s for s in ORDER if s not in found]
+  missing = [s for s in ORDER if s not in found and s not in kept]
   if missing:
     out += ['## Not run yet', '', 'These studies have scripts but no measured outputs in this '
             'file yet: ' + ', '.join(f'`studies/{s}.py`' for s in missing) + '.', '']
