@@ -7,8 +7,9 @@ the directory from ``parallel.compilation_cache_dir`` before the first compilati
   ''       the user's cache directory (``$XDG_CACHE_HOME/sglr_jax/jax``, else
            ``~/.cache/sglr_jax/jax``): shared by every run of this user on this machine;
   'none'   off;
-  a path   that directory (``gs://bucket/...`` too: JAX reads and writes it through
-           ``etils.epath``), e.g. one every host of a pod and every requeue can reach.
+  a path   that directory, e.g. one every host of a pod and every requeue can reach (a URL
+           such as ``gs://bucket/...`` is passed to JAX as given; JAX opens it through
+           ``etils.epath``, which needs ``gcsfs`` installed for ``gs://``).
 
 Not inside the workdir by default: the workdir holds one run's results, and a run that
 stops on a user error must leave it as it was; cache entries belong to the machine type
