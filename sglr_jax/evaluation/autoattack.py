@@ -42,7 +42,8 @@ class AutoAttack:
     self.eps, self.key, self.batch_size = eps, key, batch_size
     self.config = dataclasses.replace(autoattack.BUDGETS[budget], norm=norm)
     self.sharding = mesh_lib.batch_sharding(mesh) if jax.process_count() == 1 else None
-    self.ops, self.progress, self.workdir = ops, progress, workdir
+    self.ops, self.workdir = ops, workdir
+    self.progress = progress and jax.process_index() == 0  # one set of bars on a pod
 
   def run(self, variables, kind: str = '') -> dict:
     """The metrics of one checkpoint; ``kind`` ('best', 'final') names its files."""
