@@ -63,16 +63,3 @@ def _enable_compilation_cache():
 
 
 _enable_compilation_cache()
-
-
-SPREAD_MODULES = ('test_all_configs.py',)  # independent tests: any worker may take each
-
-
-def pytest_collection_modifyitems(config, items):
-  """Every other module's tests go to one worker (``--dist loadgroup``), so its
-  module-scoped fixtures are built once."""
-  del config
-  for item in items:
-    name = os.path.basename(str(item.fspath))
-    if name not in SPREAD_MODULES:
-      item.add_marker(pytest.mark.xdist_group(name=name))
