@@ -10,22 +10,16 @@ procedure.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
-
-import conftest  # noqa: E402  pylint: disable=g-import-not-at-top  (the tests' XLA flags, cache)
-
-sys.path.insert(0, conftest.ROOT)
-
-from attack_support import OPS  # noqa: E402  pylint: disable=g-import-not-at-top
-from sglr_jax.attacks import autoattack as aa  # noqa: E402  pylint: disable=g-import-not-at-top
+import conftest  # noqa: F401  (the tests' XLA flags, compilation cache)
+from attack_support import OPS
+from sglr_jax.attacks import autoattack as aa
 
 N, HW, K = 32, 6, 10
 CFG = aa.AutoAttackConfig(apgd_n_iter=10, apgd_t_n_iter=10, apgd_t_n_target_classes=3,

@@ -18,9 +18,7 @@ from fixtures.tfds_prepared import write_prepared
 
 POD_RUN = r'''
 import json, sys
-sys.path.insert(0, 'tests')
-from conftest import set_fields  # (and the tests' compilation cache)
-import jax
+import jax  # the tests' XLA flags and compilation cache come in the environment
 from sglr_jax import errors, experiment
 from sglr_jax.configs import cifar10_sglr
 from sglr_jax.training import loop
@@ -36,7 +34,8 @@ def config(**over):
   c.attack.steps, c.eval.steps = 1, 1
   c.train.train_fit_every_epochs = 0
   c.sglr.start_epoch = 0
-  return set_fields(c, over)
+  c.update_from_flattened_dict(over)
+  return c
 
 out = {'devices': jax.device_count()}
 c = config()
