@@ -18,6 +18,7 @@ EVAL_METRICS = ('natural', 'pgd20', 'autoattack', 'ece', 'transfer')
 ATTACK_NORMS = ('Linf', 'L2')  # attack.norm, eval.norm
 AUTOATTACK_VERSIONS = ('standard', 'rand')
 EVAL_PRECISIONS = ('float32', 'highest', 'default')  # jax.default_matmul_precision names
+CHECKPOINT_COMMITS = ('auto', 'rename', 'commit_file')  # train.checkpoint_commit
 
 __all__ = ['ConfigError', 'EVAL_METRICS', 'validate']
 
@@ -87,6 +88,15 @@ def validate(config) -> None:
     raise ConfigError(f'train.checkpoint_every_steps={config.train.checkpoint_every_steps!r} '
                       'must be >= 0 (0 = only at epoch ends and on SIGTERM)')
   _validate_swa(config.train)
+  _choice('train.checkpoint_commit', config.train.get('checkpoint_commit', 'auto'),
+          CHECKPOINT_COMMITS)
+  for f in ('analysis_every_epochs', 'analysis_examples', 'hessian_probes'):
+    if config.train.get(f, 0) < 0:
+      raise ConfigError(f'train.{f}={config.train[f]!r} must be >= 0')
+  if config.train.get('analysis_every_epochs', 0) > 0 and (
+      config.train.get('analysis_examples', 512) < 1 or config.train.get('hessian_probes', 4) < 1):
+    raise ConfigError('train.analysis_every_epochs > 0 needs train.analysis_examples >= 1 and '
+                      'train.hessian_probes >= 1')
   if s.enabled and not 0 <= s.start_epoch < config.train.epochs:
     raise ConfigError(f'sglr.start_epoch={s.start_epoch!r} must lie in [0, train.epochs - 1 = '
                       f'{config.train.epochs - 1}] (0-based index of the first refined epoch)')

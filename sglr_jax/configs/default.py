@@ -89,6 +89,10 @@ def get_config():
   c.train.train_fit_every_epochs = 1  # clean-label / noisy-label fit on the train set (0 = never)
   c.train.swa_start_epoch = -1  # SWA: first 0-based epoch whose weights are averaged (-1 = no SWA)
   c.train.swa_every_steps = 0  # SWA: optimizer steps between snapshots (0 = every epoch end)
+  c.train.checkpoint_commit = 'auto'  # Orbax commit: 'rename', 'commit_file', 'auto' (commit_file on gs:// and FUSE)
+  c.train.analysis_every_epochs = 0  # IIW and Hessian trace of the training loss every N epochs (0 = never)
+  c.train.analysis_examples = 512  # the first N training examples those two are measured on
+  c.train.hessian_probes = 4  # Rademacher probes of the per-epoch Hutchinson trace
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 0.1  # base learning rate

@@ -1,0 +1,94 @@
+"""Study 6: symmetric label noise 0, 0.2, 0.4, 0.6 with three seeds; PGD-AT vs SGLR
+(paper Tab. B.2, Fig. 4), and at noise 0.4 the paper's other baselines (AWP, KD-AT,
+KD-SWA; paper Tab. 2).
+
+The net of study 5, where robust overfitting is unmistakable: the wide small CNN without
+BatchNorm (``configs/mnist_noisy_nobn_*``), here on the main job's 20-epoch schedule (lr
+0.1, decayed x0.1 after epochs 10 and 15) so that 24 runs fit in a few CPU hours. A seed
+sets the model initialisation, the data order AND the noisy labels, so the PGD-AT and
+SGLR runs of one seed see the same flipped labels (the pairs of the paired comparison).
+
+The baselines (seed 0, noise 0.4): AWP (gamma 5e-3 from the first epoch), KD-AT distilling
+from the best checkpoint of the PGD-AT run of the same seed and noise, and KD-SWA adding a
+standard teacher (trained here, no attack) and weight averaging from epoch 10.
+
+  python studies/noise_rates.py [--rates 0,0.2,0.4,0.6] [--seeds 0,1,2] [--no-baselines]
+                                [--out DIR] [--mini]
+
+Runs go seed by seed (seed 0 at every rate, then the baselines, then seed 1, ...), so an
+interrupted study has whole seeds; run the same command again to finish it.
+"""
+import os
+import sys
+
+from common import parse_args, run_study
+
+SCHEDULE = {'train.epochs': 20, 'schedule.decay_epochs': (10, 15)}
+METHODS = (('PGD-AT', 'mnist_noisy_nobn_at'), ('SGLR', 'mnist_noisy_nobn_sglr'))
+BASELINE_RATE, BASELINE_SEED = 0.4, 0
+
+
+def _take(flag: str, default):
+  if flag not in sys.argv:
+    return default
+  i = sys.argv.index(flag)
+  value = sys.argv[i + 1]
+  del sys.argv[i:i + 2]
+  return value
+
+
+def noise(rate: float, seed: int) -> dict:
+  return dict(SCHEDULE, **{'data.noise.rate': rate, 'data.noise.seed': seed, 'seed': seed,
+                           'data.noise.kind': 'symmetric' if rate else 'none'})
+
+
+def baselines(out: str, rate: float, seed: int) -> list:
+  """AWP, the standard teacher, KD-AT and KD-SWA at (rate, seed); the robust teacher is
+  the PGD-AT run of the same rate and seed (its best checkpoint)."""
+  base = noise(rate, seed)
+  teacher = os.path.join(out, 'runs', f'PGD-AT noise {rate:g} seed {seed}')
+  std_name = f'standard noise {rate:g} seed {seed}'
+  std_teacher = os.path.join(out, 'runs', std_name)
+  kd = {'objective.name': 'kd', 'objective.teacher_workdir': teacher,
+        'objective.kd_temperature': 2.0, 'objective.kd_weight': 0.6}  # configs/_kd.py
+  return [
+      (f'AWP noise {rate:g} seed {seed}', 'mnist_noisy_nobn_at',
+       dict(base, **{'objective.awp_gamma': 5e-3, 'objective.awp_warmup_epochs': 0})),
+      (std_name, 'mnist_noisy_nobn_at', dict(base, **{'attack.eps': 0.0, 'attack.steps': 1})),
+      (f'KD-AT noise {rate:g} seed {seed}', 'mnist_noisy_nobn_at',
+       dict(base, **kd, **{'objective.kd_std_weight': 0.0, 'objective.kd_ce_weight': 0.4})),
+      (f'KD-SWA noise {rate:g} seed {seed}', 'mnist_noisy_nobn_at',
+       dict(base, **kd, **{'objective.std_teacher_workdir': std_teacher,
+                           'objective.kd_std_weight': 0.1, 'objective.kd_ce_weight': 0.3,
+                           'train.swa_start_epoch': 10, 'train.swa_every_steps': 0})),
+  ]
+
+
+def main():
+  command = ' '.join(['studies/noise_rates.py'] + sys.argv[1:])
+  rates = [float(r) for r in _take('--rates', '0,0.2,0.4,0.6').split(',')]
+  seeds = [int(s) for s in _take('--seeds', '0,1,2').split(',')]
+  with_baselines = '--no-baselines' not in sys.argv
+  if not with_baselines:
+    sys.argv.remove('--no-baselines')
+  args = parse_args(__doc__, 'noise_rates')
+  args.command = command
+  runs, groups = [], {}
+  for seed in seeds:
+    for r in rates:
+      for method, module in METHODS:
+        name = f'{method} noise {r:g} seed {seed}'
+        runs.append((name, module, noise(r, seed)))
+        groups.setdefault(f'noise_{r:g}', []).append(name)
+    if with_baselines and seed == BASELINE_SEED and BASELINE_RATE in rates:
+      extra = baselines(args.out, BASELINE_RATE, seed)
+      runs += extra
+      groups['baselines'] = [f'{m} noise {BASELINE_RATE:g} seed {seed}' for m, _ in METHODS]
+      groups['baselines'] += [n for n, _, _ in extra if not n.startswith('standard')]
+  if args.mini:  # the smoke test: one PGD-AT / SGLR pair
+    runs, groups = runs[:2], None
+  run_study('label noise rates', runs, args, groups)
+
+
+if __name__ == '__main__':
+  main()
