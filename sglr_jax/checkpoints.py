@@ -44,10 +44,19 @@ Topology: the label table is restored into the current row count and sharding
 (Orbax appends zero rows or drops rows beyond the dataset, which are never read),
 so a checkpoint written on 4 devices restores on 1 or 2, replicated or sharded,
 each process reading only the rows it holds.
+
+Storage (``sglr_jax.storage``): the workdir may be a local path or a URL (``gs://``).
+``commit`` ('auto', 'rename', 'commit_file'; ``train.checkpoint_commit``) picks Orbax's
+commit: 'rename' as above; 'commit_file' writes the step directory in place and commits
+by writing ``commit_success.txt`` last (object stores and FUSE mounts, whose directory
+renames are not atomic); 'auto' is 'commit_file' on URLs and FUSE mounts. Either way a
+committed checkpoint holds the marker, so readers accept both. Under 'commit_file' a
+step directory without the marker is an interrupted save (removed like a temporary
+directory); ``also`` copies in place, marker last. The keys are process 0's listing,
+broadcast (``checkpoint_dirs``), so all processes decide alike.
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -60,13 +69,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from sglr_jax import distributed, errors
+from sglr_jax import distributed, errors, storage
+from sglr_jax.checkpoint_dirs import COMMIT_FILE, all_processes_ok as _all_processes_ok
+from sglr_jax.checkpoint_dirs import check_space, copy_in_place, shared_flag, shared_steps
+from sglr_jax.checkpoint_dirs import steps as _steps
 from sglr_jax.manifest import verify_manifest, write_manifest
 
 KINDS = ('latest', 'best', 'final')
 KEEP = {'latest': 2, 'best': 1, 'final': 1}
 TABLE_KEY = ('label_table',)
-COMMIT_FILE = 'commit_success.txt'
+_ATOMICITY = {'rename': ocp.options.AtomicityMode.ATOMIC_RENAME,
+              'commit_file': ocp.options.AtomicityMode.COMMIT_FILE}
 _barrier_ids = itertools.count()
 
 
@@ -75,10 +88,10 @@ class IncompatibleCheckpointError(errors.UserError, ValueError):
 
 
 def _path(workdir: str, kind: str) -> str:
-  return os.path.abspath(os.path.join(workdir, 'checkpoints', kind))
+  return storage.abspath(storage.join(workdir, 'checkpoints', kind))
 
 
-def _checkpointer(asynchronous: bool = False):
+def _checkpointer(asynchronous: bool = False, mode: str = 'rename'):
   """Orbax's checkpointer whose handler also writes ``MANIFEST`` before the commit.
 
   ``finalize`` runs after every process saved its files, before the rename (on every
@@ -95,7 +108,9 @@ def _checkpointer(asynchronous: bool = False):
       write_manifest(str(directory))
 
   handler.finalize = finalize_with_manifest
-  return ocp.AsyncCheckpointer(handler) if asynchronous else ocp.Checkpointer(handler)
+  options = ocp.options.AtomicityOptions(mode=_ATOMICITY[mode])
+  cls = ocp.AsyncCheckpointer if asynchronous else ocp.Checkpointer
+  return cls(handler, atomicity_options=options)
 
 
 def _sync(name: str):
@@ -107,7 +122,7 @@ _pending = None  # (AsyncCheckpointer, what follows its commit): the save in fli
 
 
 def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = None, *,
-         asynchronous: bool = False, also: tuple = ()):
+         asynchronous: bool = False, also: tuple = (), commit: str = 'auto'):
   """Saves ``state`` (and the JSON-able ``progress``) as checkpoint ``step`` of ``kind``,
   then drops the oldest beyond the kind's ``KEEP``.
 
@@ -115,20 +130,21 @@ def save(workdir: str, kind: str, state, step: int, progress: Optional[dict] = N
   at ``step`` (left by a run that fell back to an earlier one) is replaced.
   ``asynchronous``: returns once the arrays are in host memory (see the module
   docstring; ``wait()`` completes it). ``also``: ``(kind, key)`` pairs that get the same
-  checkpoint as links once it is committed.
+  checkpoint as links once it is committed. ``commit``: see the module docstring.
   """
   global _pending
   wait()
   root = _path(workdir, kind)
+  mode = storage.commit_mode(commit, root)
   if jax.process_index() == 0:
-    os.makedirs(root, exist_ok=True)
-  _check_space(workdir, root)
+    storage.makedirs(root)
+  check_space([_path(workdir, k) for k in KINDS], root)
   _sync(f'save_start_{kind}_{step}')
   items = {'state': ocp.args.PyTreeSave(state)}
   if progress is not None:
     items['progress'] = ocp.args.JsonSave(progress)
-  done = lambda: _after_commit(workdir, kind, step, tuple(also))
-  ckptr = _checkpointer(asynchronous)
+  done = lambda: _after_commit(workdir, kind, step, tuple(also), mode)
+  ckptr = _checkpointer(asynchronous, mode)
   try:
     ckptr.save(epath.Path(root) / str(step), args=ocp.args.Composite(**items), force=True)
   except BaseException:
@@ -156,12 +172,15 @@ def wait() -> None:
   done()
 
 
-def _after_commit(workdir: str, kind: str, step: int, also: tuple) -> None:
+def _after_commit(workdir: str, kind: str, step: int, also: tuple, mode: str) -> None:
   """Links ``also``, drops old checkpoints (process 0), then every process meets."""
   if jax.process_index() == 0:
-    src = os.path.join(_path(workdir, kind), str(step))
+    src = storage.join(_path(workdir, kind), str(step))
     for other, key in also:
-      _link_tree(src, _path(workdir, other), key)
+      if mode == 'commit_file' or storage.is_url(src):  # no renames or links there
+        copy_in_place(src, _path(workdir, other), key)
+      else:
+        _link_tree(src, _path(workdir, other), key)
       _prune(_path(workdir, other), other, key)
     _prune(_path(workdir, kind), kind, step)
   _sync(f'save_end_{kind}_{step}')
@@ -174,7 +193,7 @@ def _prune(root: str, kind: str, step: int) -> None:
   keep = set(older[len(older) - (KEEP[kind] - 1):] if KEEP[kind] > 1 else []) | {step}
   for old in _steps(root):
     if old not in keep:
-      shutil.rmtree(os.path.join(root, str(old)), ignore_errors=True)
+      storage.rmtree(storage.join(root, str(old)))
 
 
 def _link_tree(src: str, root: str, key: int) -> None:
@@ -198,60 +217,24 @@ def _link_tree(src: str, root: str, key: int) -> None:
   os.replace(tmp, final)
 
 
-def _check_space(workdir: str, root: str) -> None:
-  """Raises ENOSPC on every process when the disk of ``root`` has less room than the
-  newest checkpoint takes: a save that fails half way leaves Orbax's writer threads
-  printing tracebacks. Process 0 measures (``root`` may not exist yet elsewhere); all
-  processes take the same branch."""
-  message = ''
-  if jax.process_index() == 0:
-    sizes = [_size(os.path.join(_path(workdir, kind), str(steps[-1])))
-             for kind in KINDS for steps in [_steps(_path(workdir, kind))] if steps]
-    st = os.statvfs(root)
-    free = st.f_bavail * st.f_frsize
-    if sizes and free < max(sizes):
-      message = f'No space left on device ({free} bytes free, a checkpoint takes {max(sizes)})'
-  if not _all_processes_ok(not message):
-    raise OSError(errno.ENOSPC, message or 'No space left on device (on process 0)', root)
-
-
-def _size(directory: str) -> int:
-  """Bytes of the files under ``directory`` (files that vanish meanwhile count 0)."""
-  total = 0
-  for r, _, names in os.walk(directory):
-    for f in names:
-      try:
-        total += os.path.getsize(os.path.join(r, f))
-      except OSError:
-        pass
-  return total
-
-
-def _steps(root: str) -> list[int]:
-  """Step directories (digits only: Orbax's temporary directories are not steps)."""
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(n) for n in os.listdir(root)
-                if n.isdigit() and os.path.isdir(os.path.join(root, n)))
-
-
 def available(workdir: str, kind: str) -> list[int]:
-  """The checkpoint keys of ``kind``, oldest first (whether readable is not checked)."""
+  """The checkpoint keys of ``kind``, oldest first (whether readable is not checked;
+  process 0's listing: all processes must call it)."""
   wait()
-  return _steps(_path(workdir, kind))
+  return shared_steps(_path(workdir, kind))
 
 
 def read_progress(workdir: str, kind: str, step: int) -> Optional[dict]:
   """The ``progress`` item of one checkpoint (None if it has none)."""
   wait()
-  path = epath.Path(_path(workdir, kind)) / str(step) / 'progress'
+  path = epath.Path(storage.join(_path(workdir, kind), str(step), 'progress'))
   if not path.exists():
     return None
   return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)
 
 
 def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool = False,
-            read_only: bool = False, damaged: Optional[list] = None):
+            read_only: bool = False, damaged: Optional[list] = None, commit: str = 'auto'):
   """Restores the newest readable checkpoint of ``kind`` into the structure of ``target``.
 
   ``shardings``: the state's shardings (default: those of ``target``'s arrays).
@@ -261,13 +244,15 @@ def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool
   checkpoint is skipped with a warning and set aside; a readable one that does
   not fit ``target`` raises ``IncompatibleCheckpointError``. ``read_only``: nothing
   is removed or moved (evaluation); ``damaged`` (a list) collects ``(key, reason)`` of
-  each unreadable checkpoint, so a caller can name them.
+  each unreadable checkpoint, so a caller can name them. ``commit``: the mode the
+  checkpoints were written with (under 'commit_file' an unmarked one was interrupted).
   """
   wait()
   root = _path(workdir, kind)
+  mode = storage.commit_mode(commit, root)
   if not read_only:
-    _remove_temporaries(root)
-  steps = _steps(root)
+    _remove_temporaries(root, mode)
+  steps = shared_steps(root)
   if not steps:
     return None
   if shardings is None:
@@ -275,7 +260,7 @@ def restore(workdir: str, kind: str, target, shardings=None, with_progress: bool
   for step in reversed(steps):
     error, got = None, None
     try:
-      got = _restore_step(os.path.join(root, str(step)), target, shardings)
+      got = _restore_step(storage.join(root, str(step)), target, shardings, mode)
     except IncompatibleCheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -304,15 +289,15 @@ def _reason(error) -> str:
   return f'{type(error).__name__}: {text}'
 
 
-def _restore_step(path: str, target, shardings):
+def _restore_step(path: str, target, shardings, mode: str = 'rename'):
   """``(state, progress)`` of one checkpoint directory; raises if it is damaged."""
-  if not os.path.exists(os.path.join(path, COMMIT_FILE)):
+  if not storage.exists(storage.join(path, COMMIT_FILE)):
     raise FileNotFoundError(f'{COMMIT_FILE} is missing: the save did not complete')
   if jax.process_index() == 0:  # the others learn of a mismatch through _all_processes_ok
     verify_manifest(path)
   # 'default': the single-item layout of checkpoints written before 'progress' existed
-  item = 'default' if not os.path.isdir(os.path.join(path, 'state')) and os.path.isdir(
-      os.path.join(path, 'default')) else 'state'
+  item = 'default' if not storage.isdir(storage.join(path, 'state')) and storage.isdir(
+      storage.join(path, 'default')) else 'state'
   meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path) / item)
   _check_compatible(ocp.tree.to_flat_dict(getattr(meta, 'tree', meta)),
                     ocp.tree.to_flat_dict(target))
@@ -325,10 +310,10 @@ def _restore_step(path: str, target, shardings):
   restore_args = restore_args.replace(label_table=ocp.ArrayRestoreArgs(
       sharding=table.sharding, global_shape=table.shape, dtype=table.dtype, strict=False))
   items = {item: ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args)}
-  has_progress = os.path.isdir(os.path.join(path, 'progress'))
+  has_progress = storage.isdir(storage.join(path, 'progress'))
   if has_progress:
     items['progress'] = ocp.args.JsonRestore()
-  ckptr = _checkpointer()
+  ckptr = _checkpointer(mode=mode)
   try:
     got = ckptr.restore(epath.Path(path), args=ocp.args.Composite(**items))
   finally:
@@ -358,34 +343,29 @@ def _check_compatible(saved: dict, wanted: dict):
           'Use a fresh --workdir')
 
 
-def _all_processes_ok(ok: bool) -> bool:
-  """True when ``ok`` on every process, so that all take the same branch."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))
-  return bool(np.all(np.asarray(flags)))
-
-
-def _remove_temporaries(root: str):
-  """Process 0 removes what interrupted saves left (names that are not step numbers)."""
-  if jax.process_index() == 0 and os.path.isdir(root):
-    for name in os.listdir(root):
-      if not name.isdigit() and '.orbax-checkpoint-tmp' in name:
-        logging.warning('removing %s, left by an interrupted save', os.path.join(root, name))
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-  _sync(f'tmp_{os.path.basename(root)}')
+def _remove_temporaries(root: str, mode: str = 'rename'):
+  """Process 0 removes what interrupted saves left: names that are not step numbers
+  and, under 'commit_file', step directories without the commit marker."""
+  if jax.process_index() == 0:
+    for name in storage.listdir(root):
+      path = storage.join(root, name)
+      if (not name.isdigit() and '.orbax-checkpoint-tmp' in name) or (
+          mode == 'commit_file' and name.isdigit()
+          and not storage.exists(storage.join(path, COMMIT_FILE))):
+        logging.warning('removing %s, left by an interrupted save', path)
+        storage.rmtree(path)
+  _sync(f'tmp_{storage.basename(root)}')
 
 
 def _set_aside(workdir: str, kind: str, step: int):
   """Moves a damaged checkpoint to ``checkpoints/corrupt/`` (process 0; all wait)."""
   if jax.process_index() == 0:
-    src = os.path.join(_path(workdir, kind), str(step))
-    dst_dir = os.path.join(os.path.dirname(_path(workdir, kind)), 'corrupt')
-    os.makedirs(dst_dir, exist_ok=True)
-    dst = os.path.join(dst_dir, f'{kind}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    src = storage.join(_path(workdir, kind), str(step))
+    dst_dir = storage.join(storage.dirname(_path(workdir, kind)), 'corrupt')
+    storage.makedirs(dst_dir)
+    dst = storage.join(dst_dir, f'{kind}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     try:
-      shutil.move(src, dst)
+      storage.move_tree(src, dst)
       logging.warning('moved the damaged checkpoint to %s', dst)
     except OSError as e:
       logging.warning('could not move %s aside (%s)', src, e)
@@ -393,6 +373,8 @@ def _set_aside(workdir: str, kind: str, step: int):
 
 
 def committed(workdir: str, kind: str, key: int) -> bool:
-  """Whether checkpoint ``key`` of ``kind`` exists with its commit marker (a complete save)."""
+  """Whether checkpoint ``key`` of ``kind`` exists with its commit marker (a complete save;
+  process 0's answer: all processes must call it)."""
   wait()
-  return os.path.exists(os.path.join(_path(workdir, kind), str(key), COMMIT_FILE))
+  return shared_flag(
+      lambda: storage.exists(storage.join(_path(workdir, kind), str(key), COMMIT_FILE)))

@@ -61,13 +61,12 @@ def run(fv, progress=True):
   config, workdir, mode = fv.config, fv.workdir, fv.mode
   if not workdir:
     raise errors.UserError('--workdir is required')
-  if '://' in workdir:  # os.path would quietly make 'gs://b/run' a local 'gs:/b/run'
-    raise errors.UserError(
-        f'--workdir={workdir}: object-store URLs are not supported as workdirs yet; use a '
-        'local or shared POSIX path on every host (see the README, "Several GPUs, a TPU pod")')
+  from sglr_jax import storage  # pylint: disable=g-import-not-at-top
+  for path in [workdir] + list(fv.compare):  # gs:// needs gcsfs: one line, before any work
+    storage.check_url_support(path)
   if mode == 'report':
     from sglr_jax import report  # pylint: disable=g-import-not-at-top
-    paths = report.make_report([workdir] + list(fv.compare), os.path.join(workdir, 'report'))
+    paths = report.make_report([workdir] + list(fv.compare), storage.join(workdir, 'report'))
     print('\n'.join(paths))
     return
   if config is None:
@@ -83,7 +82,7 @@ def run(fv, progress=True):
   else:
     from sglr_jax.evaluation import evaluate, results  # pylint: disable=g-import-not-at-top
     res = evaluate.evaluate(config, workdir, progress=progress)
-    print(results.markdown_table(res, title=os.path.basename(os.path.normpath(workdir))))
+    print(results.markdown_table(res, title=storage.basename(workdir)))
 
 
 def _disk_full(e: BaseException):

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from sglr_jax import checkpoints, config_validation, data, distributed, errors, mesh as mesh_lib
-from sglr_jax import models, objectives, sglr_table
+from sglr_jax import models, objectives, sglr_table, storage
 from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps
 from sglr_jax.training import awp as awp_lib, state as state_lib, step as step_lib
 from sglr_jax.training import swa as swa_lib
@@ -35,6 +34,7 @@ class TrainParams:
   train_fit_every_epochs: int = 1  # clean / noisy-label fit of the train set; 0 = never
   swa_start_epoch: int = -1  # first epoch (0-based) whose weights are averaged; -1 = no SWA
   swa_every_steps: int = 0  # steps between SWA snapshots; 0 = at every epoch end
+  checkpoint_commit: str = 'auto'  # Orbax's commit: 'auto', 'rename', 'commit_file'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,8 @@ def train_params(config) -> TrainParams:
       checkpoint_every_steps=int(t.get('checkpoint_every_steps', 0) or 0),
       train_fit_every_epochs=int(t.train_fit_every_epochs or 0),
       swa_start_epoch=int(t.get('swa_start_epoch', -1)),
-      swa_every_steps=int(t.get('swa_every_steps', 0) or 0))
+      swa_every_steps=int(t.get('swa_every_steps', 0) or 0),
+      checkpoint_commit=str(t.get('checkpoint_commit', 'auto')))
 
 
 def eval_params(config) -> EvalParams:
@@ -262,15 +263,29 @@ def float32_model(model):
   return model if model.dtype == jnp.float32 else model.clone(dtype=jnp.float32)
 
 
-def initial_state(exp: Experiment) -> state_lib.TrainState:
-  """A fresh state from ``PRNGKey(seed)``, placed on the mesh."""
+def _create_state(exp: Experiment, compiler_options) -> state_lib.TrainState:
   tx, _ = state_lib.create_optimizer(exp.optim, exp.schedule, exp.steps_per_epoch)
   labels = exp.ds.train_labels
-  st = state_lib.create_train_state(
+  return state_lib.create_train_state(
       exp.model, tx, exp.ds.image_shape, labels, exp.ds.num_classes,
       jax.random.PRNGKey(exp.seed), table_rows=mesh_lib.table_rows(len(labels), exp.mesh),
-      compiler_options=exp.init_options, swa=exp.step.swa is not None)
+      compiler_options=compiler_options, swa=exp.step.swa is not None)
+
+
+def initial_state(exp: Experiment) -> state_lib.TrainState:
+  """A fresh state from ``PRNGKey(seed)``, placed on the mesh."""
+  st = _create_state(exp, exp.init_options)
   return jax.device_put(st, mesh_lib.state_shardings(st, exp.mesh, exp.step.table_layout))
+
+
+def abstract_state(exp: Experiment) -> state_lib.TrainState:
+  """The state's shapes, dtypes and shardings (``jax.ShapeDtypeStruct`` leaves), traced
+  with ``jax.eval_shape``: a restore target that initialises and allocates nothing
+  (compiler options belong to top-level programs only: none here)."""
+  shapes = jax.eval_shape(lambda: _create_state(exp, None))
+  shardings = mesh_lib.state_shardings(shapes, exp.mesh, exp.step.table_layout)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
 
 
 def restore(exp: Experiment, workdir: str, kind: str):
@@ -280,10 +295,11 @@ def restore(exp: Experiment, workdir: str, kind: str):
   Read-only (evaluation must not change a workdir): a damaged checkpoint stays where it
   is and, when none of ``kind`` is readable, the error names it as damaged.
   """
-  target = initial_state(exp)
+  target = abstract_state(exp)
   damaged = []
   got = checkpoints.restore(workdir, kind, target, jax.tree.map(lambda x: x.sharding, target),
-                            read_only=True, damaged=damaged)
+                            read_only=True, damaged=damaged,
+                            commit=exp.train.checkpoint_commit)
   if got is None and damaged:
     key, reason = damaged[0]
     raise errors.NoCheckpointError(
@@ -292,7 +308,7 @@ def restore(exp: Experiment, workdir: str, kind: str):
   if got is None:
     raise errors.NoCheckpointError(
         f'{workdir} has no {kind!r} checkpoint (looked in '
-        f'{os.path.join(workdir, "checkpoints", kind)}); train first with --mode=train, or '
+        f'{storage.join(workdir, "checkpoints", kind)}); train first with --mode=train, or '
         'point --workdir at a trained run')
   return got
 
@@ -350,11 +366,10 @@ def load_teachers(exp: Experiment) -> tuple:
 def load_workdir_config(workdir: str):
   """The resolved config a run wrote into its workdir (lists back to tuples)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = storage.join(workdir, 'config.json')
+  if not storage.exists(path):
     raise errors.NoCheckpointError(f'{workdir} has no config.json: not a sglr_jax workdir')
-  with open(path) as f:
-    d = json.load(f)
+  d = json.loads(storage.read_text(path))
   return ml_collections.ConfigDict(_tuples(d))
 
 

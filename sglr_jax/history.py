@@ -2,6 +2,7 @@
 
 ``append_history`` also writes the record's numbers to TensorBoard event files
 (``WORKDIR/tensorboard/epoch/``, see ``sglr_jax.tensorboard``): one interface, two views.
+The workdir may be a URL (``sglr_jax.storage``): there an append rewrites the object.
 """
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import json
 import os
 import warnings
 
-from sglr_jax import strict_json
+from sglr_jax import storage, strict_json
 from sglr_jax import tensorboard
 
 
 def read_history(workdir: str, strict: bool = True) -> list[dict]:
   """The epoch records of ``WORKDIR/history.jsonl``, last line per epoch kept (a resumed
   run may repeat one), sorted by epoch; [] without the file."""
-  path = os.path.join(workdir, 'history.jsonl')
-  return read_records(path, strict) if os.path.exists(path) else []
+  path = storage.join(workdir, 'history.jsonl')
+  return read_records(path, strict) if storage.exists(path) else []
 
 
 def read_records(path: str, strict: bool = True) -> list[dict]:
@@ -30,7 +31,7 @@ def read_records(path: str, strict: bool = True) -> list[dict]:
   """
   by_epoch: dict[int, dict] = {}
   bad = 0
-  with open(path, encoding='utf-8') as f:
+  with storage.open_file(path, 'r') as f:
     for line in f:
       line = line.strip()
       if not line:
@@ -54,7 +55,10 @@ def read_records(path: str, strict: bool = True) -> list[dict]:
 def truncate_history(workdir: str, last_epoch: int) -> None:
   """Keeps the lines of epochs <= ``last_epoch``: a resume re-runs the rest."""
   rows = [r for r in read_history(workdir) if r['epoch'] <= last_epoch]
-  path = os.path.join(workdir, 'history.jsonl')
+  path = storage.join(workdir, 'history.jsonl')
+  if storage.is_url(path):  # an object is replaced whole
+    storage.write_text(path, ''.join(strict_json.dumps(r) + '\n' for r in rows))
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     for r in rows:
@@ -65,9 +69,6 @@ def truncate_history(workdir: str, last_epoch: int) -> None:
 def append_history(workdir: str, record: dict, events: bool = True) -> None:
   """Appends one epoch's line (strict JSON: a non-finite number is written as null) and,
   with ``events``, the record's scalars to TensorBoard at step ``record['epoch']``."""
-  with open(os.path.join(workdir, 'history.jsonl'), 'a') as f:
-    f.write(strict_json.dumps(record) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
+  storage.append_text(storage.join(workdir, 'history.jsonl'), strict_json.dumps(record) + '\n')
   if events:
     tensorboard.write_epoch(workdir, record)

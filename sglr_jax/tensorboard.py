@@ -13,16 +13,22 @@ Two TensorBoard runs under ``WORKDIR/tensorboard/``:
   A resumed run's writer purges the steps after its starting step.
 
 Written by process 0 only (the caller decides; ``StepLog(enabled=False)`` does nothing).
-Watch with ``tensorboard --logdir WORKDIR``.
+Watch with ``tensorboard --logdir WORKDIR``. For a URL workdir (``gs://``) the event
+files are written to a local temporary directory and copied up whole after each write
+(``_Mirror``): tensorboardX writes ``gs://`` only through its own client.
 """
 from __future__ import annotations
 
 import numbers
 import os
+import shutil
+import tempfile
 import time
 from typing import Optional
 
 import jax
+
+from sglr_jax import storage
 
 DIR = 'tensorboard'
 EPOCH_RUN = 'epoch'
@@ -38,7 +44,34 @@ def _writer(logdir: str, purge_step: int, what: str):
   """
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   suffix = f'.{time.time_ns():020d}.{os.getpid()}.{what}'
+  if storage.is_url(logdir):
+    return _Mirror(SummaryWriter(tempfile.mkdtemp(prefix='sglr_tb_'), purge_step=purge_step,
+                                 filename_suffix=suffix), logdir)
   return SummaryWriter(logdir, purge_step=purge_step, filename_suffix=suffix)
+
+
+class _Mirror:
+  """A local writer whose event files are copied to ``remote`` after each flush."""
+
+  def __init__(self, writer, remote: str):
+    self._w, self._remote = writer, remote
+
+  def add_scalar(self, *args):
+    self._w.add_scalar(*args)
+
+  def _upload(self):
+    local = self._w.logdir
+    for name in os.listdir(local):
+      storage.copy_file(os.path.join(local, name), storage.join(self._remote, name))
+
+  def flush(self):
+    self._w.flush()
+    self._upload()
+
+  def close(self):
+    self._w.close()
+    self._upload()
+    shutil.rmtree(self._w.logdir, ignore_errors=True)
 
 
 def scalars(record: dict) -> dict:
@@ -50,7 +83,7 @@ def scalars(record: dict) -> dict:
 def write_epoch(workdir: str, record: dict) -> None:
   """Writes ``record``'s scalars at step ``record['epoch']`` (a file of its own)."""
   epoch = int(record['epoch'])
-  w = _writer(os.path.join(workdir, DIR, EPOCH_RUN), epoch, f'epoch{epoch}')
+  w = _writer(storage.join(workdir, DIR, EPOCH_RUN), epoch, f'epoch{epoch}')
   try:
     for tag, value in scalars(record).items():
       w.add_scalar(tag, value, epoch)
@@ -82,7 +115,7 @@ class StepLog:
     self._t0 = time.perf_counter()
     self._w = None
     if self.enabled:
-      self._w = _writer(os.path.join(workdir, DIR, STEP_RUN), int(first_step) + 1, 'step')
+      self._w = _writer(storage.join(workdir, DIR, STEP_RUN), int(first_step) + 1, 'step')
 
   def restart(self, compiling: bool = False) -> None:
     """Starts the clock of the next window (pending steps are dropped: ``flush`` first)."""

@@ -5,18 +5,25 @@ NFS). The kernel drops it when its process ends in any way (SIGKILL, OOM, a node
 reboot on local disks), so a lock left by a dead run is never stale: the next run simply
 takes it; the file's text (pid and host of the last holder) is only for the message.
 Under ``jax.distributed`` process 0 takes it and every process learns the outcome.
+
+An object-store workdir (``gs://``) has no lock: object stores offer no lock that a
+killed run releases (a lock object would outlive a preempted run and block every
+resume), so two runs started in one ``gs://`` workdir are not detected; a warning says
+so. A shared POSIX mount (NFS, gcsfuse) keeps the ``fcntl`` lock (gcsfuse does not
+enforce it across hosts).
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import socket
 
 import jax
 import numpy as np
 
-from sglr_jax import errors
+from sglr_jax import errors, storage
 
 LOCK_FILE = '.lock'
 
@@ -26,7 +33,11 @@ class WorkdirLockedError(errors.UserError):
 
 
 def check_writable(workdir: str) -> None:
-  """Raises ``UserError`` when ``workdir`` cannot be a directory this process writes."""
+  """Raises ``UserError`` when ``workdir`` cannot be a directory this process writes.
+  A URL is only checked for the package its scheme needs (nothing is written)."""
+  if storage.is_url(workdir):
+    storage.check_url_support(workdir)
+    return
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise errors.UserError(f'--workdir={workdir} is a file, not a directory')
@@ -47,6 +58,11 @@ class Lock:
     self._fd = None
 
   def __enter__(self):
+    if storage.is_url(self.workdir):
+      if jax.process_index() == 0:
+        logging.warning('%s is an object store: no workdir lock (a second run started in '
+                        'it is not detected)', self.workdir)
+      return self
     holder = None
     if jax.process_index() == 0:
       holder = self._acquire()
@@ -84,3 +100,9 @@ class Lock:
     if self._fd is not None:
       os.close(self._fd)  # closing drops the lock
       self._fd = None
+
+
+def write_text(workdir: str, name: str, text: str) -> None:
+  """Writes ``WORKDIR/name`` whole (a local path or a URL), creating the workdir."""
+  storage.makedirs(workdir)
+  storage.write_text(storage.join(workdir, name), text)

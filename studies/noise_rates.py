@@ -18,9 +18,9 @@ standard teacher (trained here, no attack) and weight averaging from epoch 10.
 Runs go seed by seed (seed 0 at every rate, then the baselines, then seed 1, ...), so an
 interrupted study has whole seeds; run the same command again to finish it.
 """
-import os
 import sys
 
+import common
 from common import parse_args, run_study
 
 SCHEDULE = {'train.epochs': 20, 'schedule.decay_epochs': (10, 15)}
@@ -43,25 +43,10 @@ def noise(rate: float, seed: int) -> dict:
 
 
 def baselines(out: str, rate: float, seed: int) -> list:
-  """AWP, the standard teacher, KD-AT and KD-SWA at (rate, seed); the robust teacher is
-  the PGD-AT run of the same rate and seed (its best checkpoint)."""
-  base = noise(rate, seed)
-  teacher = os.path.join(out, 'runs', f'PGD-AT noise {rate:g} seed {seed}')
-  std_name = f'standard noise {rate:g} seed {seed}'
-  std_teacher = os.path.join(out, 'runs', std_name)
-  kd = {'objective.name': 'kd', 'objective.teacher_workdir': teacher,
-        'objective.kd_temperature': 2.0, 'objective.kd_weight': 0.6}  # configs/_kd.py
-  return [
-      (f'AWP noise {rate:g} seed {seed}', 'mnist_noisy_nobn_at',
-       dict(base, **{'objective.awp_gamma': 5e-3, 'objective.awp_warmup_epochs': 0})),
-      (std_name, 'mnist_noisy_nobn_at', dict(base, **{'attack.eps': 0.0, 'attack.steps': 1})),
-      (f'KD-AT noise {rate:g} seed {seed}', 'mnist_noisy_nobn_at',
-       dict(base, **kd, **{'objective.kd_std_weight': 0.0, 'objective.kd_ce_weight': 0.4})),
-      (f'KD-SWA noise {rate:g} seed {seed}', 'mnist_noisy_nobn_at',
-       dict(base, **kd, **{'objective.std_teacher_workdir': std_teacher,
-                           'objective.kd_std_weight': 0.1, 'objective.kd_ce_weight': 0.3,
-                           'train.swa_start_epoch': 10, 'train.swa_every_steps': 0})),
-  ]
+  """AWP, the standard teacher, KD-AT and KD-SWA at (rate, seed) (``common.baselines``);
+  the robust teacher is the PGD-AT run of the same rate and seed."""
+  return common.baselines(out, f'noise {rate:g} seed {seed}', noise(rate, seed),
+                          teacher=f'PGD-AT noise {rate:g} seed {seed}', swa_start=10)
 
 
 def main():

@@ -16,12 +16,15 @@ import json
 import os
 import shutil
 
+import aggregate
 from sglr_jax.evaluation import results
 from sglr_jax.history import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ORDER = ('robust_overfitting', 'label_noise', 'batchnorm_noise', 'alpha_temperature', 'trades')
+ORDER = ('robust_overfitting', 'label_noise', 'batchnorm_noise', 'noise_rates', 'curvature',
+         'analyses', 'alpha_temperature', 'trades')
+SEEDED = ('noise_rates',)  # studies whose table is over seeds (studies/aggregate.py)
 METRICS = ('natural_acc', 'pgd20_acc')
 COLUMNS = ('best epoch', 'seed', 'final fit of noisy labels (%)', 'training wall (s)')
 
@@ -44,6 +47,38 @@ def run_rows(study_dir: str, summary: dict) -> list[str]:
       row[key] = {p: results.percent(v) for p, v in parts.items()}
     rows.append(row)
   return results.runs_table(rows, METRICS, columns=COLUMNS).splitlines()
+
+
+def seeded_section(study_dir: str, summary: dict, fig_dir: str, study: str) -> list[str]:
+  """Mean ± sd over seeds, the paired comparison and its figure, then the per-run table
+  folded."""
+  rows = aggregate.run_metrics(study_dir, summary)
+  png = aggregate.noise_figure(rows, os.path.join(fig_dir, 'pgd20_vs_noise_rate.png'))
+  return (['Mean ± standard deviation over seeds (percent; "fit of flipped labels": training '
+           'examples whose label the noise changed and which the model predicts with the '
+           'noisy label, at the last epoch):', ''] + aggregate.seed_table(rows)
+          + ['', 'Paired comparison (the same seed gives both methods the same noisy labels, '
+             'initialisation and data order):', ''] + aggregate.paired_table(rows)
+          + ['', f'![{os.path.basename(png)}](figures/{study}/{os.path.basename(png)})', '',
+             '<details><summary>Every run</summary>', ''] + run_rows(study_dir, summary)
+          + ['', '</details>', ''])
+
+
+def analyses_section(d: str, docs: str) -> list[str]:
+  """``studies/analyses.py``'s table (it starts with its command line) and figures."""
+  with open(os.path.join(d, 'analyses.md')) as f:
+    out = ['## Checkpoint analyses', ''] + f.read().strip().splitlines() + ['']
+  fig_dir = os.path.join(docs, 'figures', 'analyses')
+  os.makedirs(fig_dir, exist_ok=True)
+  for png in sorted(glob.glob(os.path.join(d, '*.png'))):
+    shutil.copy(png, fig_dir)
+    out.append(f'![{os.path.basename(png)}](figures/analyses/{os.path.basename(png)})')
+  out.append('')
+  reading = os.path.join(ROOT, 'studies', 'readings', 'analyses.md')
+  if os.path.exists(reading):
+    with open(reading) as f:
+      out += ['**Reading.** ' + f.read().strip(), '']
+  return out
 
 
 def _kept_sections(path: str) -> dict:
@@ -75,8 +110,19 @@ def main():
          'of the study scripts in `studies/`; the figures are theirs. Accuracies in percent on '
          'the packaged MNIST test split (1,000 digits), PGD-20 at the config\'s eps (0.1); '
          '"best" is the epoch with the highest test PGD-20 accuracy, "final" the last epoch, '
-         '"diff" best minus final (one decimal, as in the report).', '']
-  found = [s for s in ORDER if os.path.exists(os.path.join(args.studies_out, s, 'summary.json'))]
+         '"diff" best minus final (one decimal, as in the report).', '',
+         'Each study is one resumable command (`python studies/STUDY.py`; a killed study '
+         're-does only its unfinished runs, and a finished run is reused as it is): `--list` '
+         'validates and prints its runs, `--reverse` lets a second process share the work '
+         '(each skips the runs the other is training), `--report-only` writes the summary and '
+         'report of the finished runs; `python studies/write_results.py` then writes this '
+         'page.', '']
+  claims = os.path.join(ROOT, 'studies', 'readings', 'claims.md')
+  if os.path.exists(claims):  # the verdicts, written from the sections below
+    with open(claims) as f:
+      out += ["## The paper's claims, one by one", '', f.read().strip(), '']
+  found = [s for s in ORDER if os.path.exists(os.path.join(args.studies_out, s, 'summary.json'))
+           or os.path.exists(os.path.join(args.studies_out, s, 'analyses.md'))]
   # a study measured earlier whose outputs are not here: its section stays, in its place
   kept = _kept_sections(os.path.join(args.docs, 'RESULTS.md'))
   for study in ORDER:
@@ -85,6 +131,9 @@ def main():
         out += kept[study] + ['']
       continue
     d = os.path.join(args.studies_out, study)
+    if study == 'analyses':
+      out += analyses_section(d, args.docs)
+      continue
     with open(os.path.join(d, 'summary.json')) as f:
       summary = json.load(f)
     out += [f"## {summary['title'][:1].upper()}{summary['title'][1:]}", '',
@@ -92,11 +141,16 @@ def main():
             f"wall time of the last invocation {summary['wall_s'] / 60:.1f} min for "
             f"{len(summary['runs'])} runs (a resumed study counts only what it re-did; the "
             f"table's training wall time is summed from the runs' histories).", '']
-    out += run_rows(d, summary) + ['']
     fig_dir = os.path.join(args.docs, 'figures', study)
     os.makedirs(fig_dir, exist_ok=True)
+    if study in SEEDED:
+      out += seeded_section(d, summary, fig_dir, study)
+    else:
+      out += run_rows(d, summary) + ['']
     for png in sorted(glob.glob(os.path.join(d, '**', '*.png'), recursive=True)):
       rel = os.path.relpath(png, d).replace(os.sep, '_')
+      if study in SEEDED and 'reliability_' in rel:  # one per run: too many to show
+        continue
       shutil.copy(png, os.path.join(fig_dir, rel))
       out.append(f'![{rel}](figures/{study}/{rel})')
     out.append('')

@@ -55,11 +55,27 @@ def _enable_compilation_cache():
   """Identical programs (the same tiny model in several tests) compile once per session."""
   import tempfile  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  path = os.environ.get('SGLR_TEST_JAX_CACHE') or tempfile.mkdtemp(prefix='sglr_jax_cache_')
-  os.environ['SGLR_TEST_JAX_CACHE'] = path  # subprocesses share it
+  path = os.environ.get('SGLR_TEST_JAX_CACHE')
+  if not path:  # this process made it: it goes when the session's first process ends
+    import atexit  # pylint: disable=g-import-not-at-top
+    import shutil  # pylint: disable=g-import-not-at-top
+    path = tempfile.mkdtemp(prefix='sglr_jax_cache_')
+    atexit.register(shutil.rmtree, path, True)
+  os.environ['SGLR_TEST_JAX_CACHE'] = path  # subprocesses and xdist workers share it
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 _enable_compilation_cache()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _temporaries_under_pytest(tmp_path_factory):
+  """Temporary files of libraries (tfds leaves an empty ``tmp*tfds`` directory per
+  dataset it inspects) go under pytest's own temporary tree, which pytest prunes."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  before = tempfile.tempdir
+  tempfile.tempdir = str(tmp_path_factory.mktemp('tmp'))
+  yield
+  tempfile.tempdir = before

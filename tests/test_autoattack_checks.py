@@ -2,6 +2,8 @@
 normal (affine) model raises none; the flags reach the result."""
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +106,13 @@ def test_perturbation_and_nan_summary():
     found = checks.check_summary(s, 0.45, 'L2')
   assert [f['check'] for f in found] == ['perturbation_too_large', 'nan']
   assert checks.check_summary(dict(s, nan_count=0), 0.5, 'L2') == []
+
+
+def test_a_flag_is_warned_on_process_0_only(monkeypatch):
+  with pytest.warns(checks.AutoAttackFlag, match="check 'nan'"):
+    assert checks.check_summary({'max_perturbation': 0.0, 'nan_count': 2}, 0.1, 'Linf')
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')          # any warning fails the test
+    flags = checks.check_summary({'max_perturbation': 0.0, 'nan_count': 2}, 0.1, 'Linf')
+  assert [f['check'] for f in flags] == ['nan']             # still in the result

@@ -108,9 +108,9 @@ def test_two_process_checkpoint_restores_on_one_device(two_processes, reference)
 
 
 def test_two_process_eval_with_autoattack_matches_one_process(two_processes, tmp_path):
-  """Each process runs the AutoAttack ensemble on its default device with the
-  (globally replicated) checkpoint variables; natural / PGD-20 / ECE run sharded over
-  the 4 devices of both processes. Process 0 writes the results."""
+  """Every metric, the AutoAttack ensemble included, runs with its batches split over the
+  4 devices of both processes (each device attacks its own rows; every process gets the
+  whole result). Process 0 writes the results."""
   wd = two_processes['wd']
   w.launch_run_py(w.cli_flags(**OVERRIDES) + [f'--workdir={wd}', '--mode=eval'],
                   str(tmp_path), 'eval', timeout=400)

@@ -10,12 +10,48 @@ import pytest
 
 from conftest import ROOT
 
+# The study scripts (not the helpers, nor the per-checkpoint analyses: tests/test_analysis.py).
+# Every one lists its runs with valid configs (--list); two run end to end in miniature:
+# one plain and one with figure groups and the statistics over seeds. The others differ
+# from these only in their run lists, and they all share studies/common.py.
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'studies', '*.py'))
-                 if not p.endswith(('common.py', 'write_results.py', 'analyses.py')))
+                 if not p.endswith(('common.py', 'write_results.py', 'analyses.py', 'aggregate.py')))
+MINIATURE = ('robust_overfitting.py', 'noise_rates.py')
 
 
-def test_there_are_five_studies():
-  assert len(SCRIPTS) == 5
+def test_the_studies():
+  assert SCRIPTS == ['alpha_temperature.py', 'batchnorm_noise.py', 'curvature.py',
+                     'label_noise.py', 'noise_rates.py', 'robust_overfitting.py', 'trades.py']
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_every_run_of_a_study_has_a_valid_config(script, monkeypatch, capsys):
+  import runpy
+  monkeypatch.syspath_prepend(os.path.join(ROOT, 'studies'))
+  monkeypatch.setattr(sys, 'argv', [script, '--list'])
+  runpy.run_path(os.path.join(ROOT, 'studies', script), run_name='__main__')
+  names = [l.split('\t')[0] for l in capsys.readouterr().out.splitlines() if '\t' in l]
+  assert names and len(set(names)) == len(names)  # each run has its own workdir
+
+
+def test_curvature_study_configs(monkeypatch):
+  """The curvature study's three runs: valid configs, the analysis every epoch, the
+  20-epoch schedule, piecewise and cosine."""
+  import runpy
+  from sglr_jax import config_validation
+  monkeypatch.syspath_prepend(os.path.join(ROOT, 'studies'))
+  study = runpy.run_path(os.path.join(ROOT, 'studies', 'curvature.py'))
+  common = study['run_study'].__globals__
+  runs = {name: common['make_config'](module, overrides, False)
+          for name, module, overrides in study['RUNS']}
+  assert list(runs) == ['PGD-AT piecewise', 'SGLR piecewise', 'PGD-AT cosine']
+  for name, c in runs.items():
+    config_validation.validate(c)
+    assert c.train.analysis_every_epochs == 1 and c.train.epochs == 20
+    assert tuple(c.schedule.decay_epochs) == (10, 15) and c.data.noise.rate == 0.4
+    assert c.model.batch_norm is False and c.seed == 0
+    assert c.sglr.enabled == name.startswith('SGLR')
+    assert c.schedule.name == ('cosine' if 'cosine' in name else 'piecewise')
 
 
 def test_studies_use_the_installed_package():
@@ -67,7 +103,7 @@ def test_results_page_keeps_sections_of_studies_without_outputs_here(tmp_path):
   assert '`studies/label_noise.py`' not in text.split('## Not run yet')[1]
 
 
-@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('script', MINIATURE)
 def test_study_runs_in_miniature(script, tmp_path):
   out = tmp_path / 'studies_out' / script[:-3]
   p = subprocess.run([sys.executable, os.path.join('studies', script), '--mini', '--no-progress',

@@ -16,10 +16,12 @@ from sglr_jax import experiment
 from sglr_jax.analysis import confidence, embedding, hessian, information
 from sglr_jax.evaluation import predict
 
-__all__ = ['analyse']
+__all__ = ['analyse', 'clean_ce']
 
 
-def _ce(model, batch_stats):
+def clean_ce(model, batch_stats):
+  """``loss_fn(params, (images, labels))``: the mean clean cross-entropy, ``model`` in
+  inference mode with ``batch_stats`` (uint8 images)."""
   def loss_fn(params, batch):
     x, y = batch
     logits = model.apply({'params': params, 'batch_stats': batch_stats},
@@ -36,7 +38,7 @@ def analyse(workdir: str, kind: str = 'final', *, batches: int = 8, batch_size: 
   st, epoch = experiment.restore(exp, workdir, kind)
   params0 = experiment.initial_state(exp).params
   model, ds = exp.eval_model, exp.ds
-  loss_fn = _ce(model, st.batch_stats)
+  loss_fn = clean_ce(model, st.batch_stats)
   rng = np.random.default_rng(seed)
   idx = [rng.choice(len(ds.train_labels), batch_size, replace=False) for _ in range(batches)]
   data = [(ds.train_images[i], ds.train_labels[i]) for i in idx]

@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ['hutchinson_trace']
+__all__ = ['hutchinson_trace', 'probe_keys', 'quadratic_form', 'rademacher_like', 'summarise']
 
 
-def _rademacher_like(key, tree):
+def rademacher_like(key, tree):
+  """A tree like ``tree`` of independent +-1 entries (in each leaf's dtype)."""
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
   return treedef.unflatten([
@@ -24,22 +25,35 @@ def _rademacher_like(key, tree):
       for k, x in zip(keys, leaves)])
 
 
+def probe_keys(key, probes: int):
+  """The keys of the ``probes`` single estimates drawn from ``key``."""
+  if probes < 1:
+    raise ValueError(f'probes={probes!r} must be >= 1')
+  return jax.random.split(key, probes)
+
+
+def quadratic_form(loss_fn: Callable, params, key):
+  """``v^T H v`` for the Rademacher ``v`` of ``key`` (traceable: jit or shard_map it).
+  The loss is linear in its examples, so summing this over chunks of the data with one
+  ``key`` gives the form of the whole loss."""
+  v = rademacher_like(key, params)
+  _, hv = jax.jvp(jax.grad(loss_fn), (params,), (v,))  # H v
+  return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hv)))
+
+
+def summarise(estimates) -> dict:
+  """``{'trace', 'stderr', 'probes'}`` of the single-probe estimates (independent, so
+  ``stderr`` is their sample deviation / sqrt(n); NaN for one probe)."""
+  est = np.asarray(estimates, np.float64)
+  n = len(est)
+  stderr = float(est.std(ddof=1) / np.sqrt(n)) if n > 1 else float('nan')
+  return {'trace': float(est.mean()), 'stderr': stderr, 'probes': int(n)}
+
+
 def hutchinson_trace(loss_fn: Callable, params, key, probes: int = 8) -> dict:
   """``{'trace': mean estimate, 'stderr': its standard error, 'probes': n}``.
 
-  ``loss_fn(params) -> scalar`` (close over a batch or a few). The estimates of the
-  single probes are independent, so ``stderr`` is their sample deviation / sqrt(n).
+  ``loss_fn(params) -> scalar`` (close over a batch or a few).
   """
-  if probes < 1:
-    raise ValueError(f'probes={probes!r} must be >= 1')
-  grad = jax.grad(loss_fn)
-
-  @jax.jit
-  def one(k):
-    v = _rademacher_like(k, params)
-    _, hv = jax.jvp(grad, (params,), (v,))  # H v
-    return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hv)))
-
-  est = np.array([float(one(k)) for k in jax.random.split(key, probes)], np.float64)
-  stderr = float(est.std(ddof=1) / np.sqrt(probes)) if probes > 1 else float('nan')
-  return {'trace': float(est.mean()), 'stderr': stderr, 'probes': int(probes)}
+  one = jax.jit(lambda k: quadratic_form(loss_fn, params, k))
+  return summarise([float(one(k)) for k in probe_keys(key, probes)])

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ['information_in_weights', 'mean_gradient', 'is_kernel']
+__all__ = ['information_in_weights', 'information_of_gradient', 'mean_gradient', 'is_kernel']
 
 
 def is_kernel(leaf) -> bool:
@@ -50,13 +50,19 @@ def information_in_weights(loss_fn: Callable, params, params0, batches: Iterable
   mean gradient stands for the full-data gradient. ``grad_norm`` is the norm of that
   mean gradient over all parameters (the paper's Fig. 1 plots it beside IIW).
   """
-  g = mean_gradient(loss_fn, params, batches)
+  return information_of_gradient(params, params0, mean_gradient(loss_fn, params, batches))
+
+
+def information_of_gradient(params, params0, g) -> dict:
+  """``information_in_weights`` from an already computed mean gradient ``g`` (a
+  params-shaped tree), for callers that compute it their own way (sharded, chunked).
+  The sums are taken on the host in float64."""
   per_layer = {}
   flat_w = jax.tree_util.tree_flatten_with_path(params)[0]
   flat_w0 = jax.tree.leaves(params0)
   flat_g = jax.tree.leaves(g)
-  if len(flat_w0) != len(flat_w):
-    raise ValueError('params0 must have the structure of params')
+  if len(flat_w0) != len(flat_w) or len(flat_g) != len(flat_w):
+    raise ValueError('params0 and the gradient must have the structure of params')
   for (path, w), w0, gl in zip(flat_w, flat_w0, flat_g):
     if not is_kernel(w):
       continue

@@ -8,10 +8,9 @@ them. Reading is tolerant (``number``): results.json may come from older code.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Iterable, Sequence
 
-from sglr_jax import strict_json
+from sglr_jax import storage, strict_json
 
 # results.json key -> label, in table order.
 METRIC_LABELS = {'natural_acc': 'Natural', 'pgd20_acc': 'PGD-20', 'autoattack_acc': 'AutoAttack',
@@ -61,12 +60,12 @@ def autoattack_breakdown(results: dict) -> str:
 
 
 def write(workdir: str, results: dict) -> None:
-  """``results.json`` (strict JSON) and ``results.md`` (titled with the workdir's name)."""
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    f.write(strict_json.dumps(results, indent=2))
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(markdown_table(results, title=os.path.basename(os.path.normpath(workdir)))
-            + autoattack_breakdown(results))
+  """``results.json`` (strict JSON) and ``results.md`` (titled with the workdir's name);
+  ``workdir`` may be a URL."""
+  storage.write_text(storage.join(workdir, 'results.json'), strict_json.dumps(results, indent=2))
+  storage.write_text(storage.join(workdir, 'results.md'),
+                     markdown_table(results, title=storage.basename(workdir))
+                     + autoattack_breakdown(results))
 
 
 def number(x: Any) -> float | None:

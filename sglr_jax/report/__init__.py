@@ -14,8 +14,10 @@ import os
 import re
 from typing import Iterable
 
+from sglr_jax import storage
 from sglr_jax.report import tables
-from sglr_jax.report.figures import calibration_curves, curves, grad_norm, noisy_fit, reliability
+from sglr_jax.report.figures import calibration_curves, curvature, curves, grad_norm, noisy_fit
+from sglr_jax.report.figures import reliability
 from sglr_jax.report.runs import Run, display_labels, load_run
 
 __all__ = ['Run', 'load_run', 'make_report']
@@ -24,6 +26,8 @@ __all__ = ['Run', 'load_run', 'make_report']
 _FIGURES = (
     ('Learning curves (Fig. 2)', curves.FILE_NAME, curves.plot_accuracy_curves),
     ('Gradient norm (Fig. 1)', grad_norm.FILE_NAME, grad_norm.plot_grad_norm),
+    ('Information in weights and Hessian trace (Fig. 1, B.7)', curvature.FILE_NAME,
+     curvature.plot_curvature),
     ('Memorization of noisy labels (Fig. 4)', noisy_fit.FILE_NAME, noisy_fit.plot_noisy_fit),
     ('Calibration over training (Fig. B.2)', calibration_curves.FILE_NAME,
      calibration_curves.plot_ece_curves),
@@ -44,7 +48,7 @@ def _reliability_figures(runs, labels, out_dir: str):
     while name in used:
       name = f'reliability_{_slug(label)}-{k}.png'
       k += 1
-    p = reliability.plot_reliability(run, os.path.join(out_dir, name), title=label)
+    p = reliability.plot_reliability(run, storage.join(out_dir, name), title=label)
     if p:
       used.add(name)
       out.append((f'Reliability: {label}', p))
@@ -57,6 +61,7 @@ def make_report(workdirs: str | os.PathLike | Iterable[str | os.PathLike],
 
   A figure without data (e.g. no ``train_noisy_fit`` in any run) is skipped. Raises
   ValueError if there is no workdir, or one has no history.jsonl. Returns the written paths.
+  Workdirs and ``out_dir`` may be URLs (``gs://``).
   """
   if isinstance(workdirs, (str, os.PathLike)):
     workdirs = [workdirs]
@@ -66,20 +71,19 @@ def make_report(workdirs: str | os.PathLike | Iterable[str | os.PathLike],
   runs = [load_run(w) for w in workdirs]
   labels = display_labels(runs)
   out_dir = os.fspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
 
   figures = []  # (heading, path)
   for heading, name, plot in _FIGURES:
-    p = plot(runs, os.path.join(out_dir, name))
+    p = plot(runs, storage.join(out_dir, name))
     if p:
       figures.append((heading, p))
   figures += _reliability_figures(runs, labels, out_dir)
   written = [p for _, p in figures]
 
   table_json = tables.results_table_json(runs)
-  p = os.path.join(out_dir, 'results_table.json')
-  with open(p, 'w', encoding='utf-8') as f:
-    json.dump(table_json, f, indent=2)
+  p = storage.join(out_dir, 'results_table.json')
+  storage.write_text(p, json.dumps(table_json, indent=2))
   written.append(p)
 
   md = ['# SGLR report', '', '## Runs', '',
@@ -94,11 +98,10 @@ def make_report(workdirs: str | os.PathLike | Iterable[str | os.PathLike],
   if figures:
     md += ['', '## Figures']
     for heading, path in figures:
-      name = os.path.basename(path)
+      name = storage.basename(path)
       md += ['', f'### {heading}', '', f'![{heading}]({name})']
   md += ['', 'Table as data: [results_table.json](results_table.json)', '']
-  p = os.path.join(out_dir, 'report.md')
-  with open(p, 'w', encoding='utf-8') as f:
-    f.write('\n'.join(md))
+  p = storage.join(out_dir, 'report.md')
+  storage.write_text(p, '\n'.join(md))
   written.append(p)
   return written

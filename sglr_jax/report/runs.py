@@ -11,7 +11,7 @@ import os
 import warnings
 from typing import Any, Iterable, Sequence
 
-from sglr_jax import history
+from sglr_jax import history, storage
 from sglr_jax.evaluation.results import number
 
 _OBJECTIVE_LABELS = {
@@ -51,11 +51,10 @@ def truthy(x: Any) -> bool:
 
 def _read_json(path: str) -> Any:
   """Parsed JSON, or None if the file is absent or unreadable (warns on the latter)."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     return None
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (OSError, ValueError) as e:
     warnings.warn(f'{path}: unreadable JSON ({e}); ignored')
     return None
@@ -83,22 +82,23 @@ def derive_label(config: dict, fallback: str = 'run') -> str:
 
 
 def load_run(workdir: str | os.PathLike) -> Run:
-  """Parse one workdir; ValueError if it has no history.jsonl or no epoch in it."""
+  """Parse one workdir (a local path or a URL); ValueError if it has no history.jsonl or
+  no epoch in it."""
   workdir = os.fspath(workdir)
-  hist_path = os.path.join(workdir, 'history.jsonl')
-  if not os.path.isfile(hist_path):
-    why = 'does not exist' if not os.path.isdir(workdir) else 'has no history.jsonl'
+  hist_path = storage.join(workdir, 'history.jsonl')
+  if not storage.isfile(hist_path):
+    why = 'does not exist' if not storage.isdir(workdir) else 'has no history.jsonl'
     raise ValueError(
         f'workdir {workdir!r} {why}: not a training workdir, or training has not '
         'finished an epoch yet')
   history = read_history(hist_path)
   if not history:
     raise ValueError(f'{hist_path} holds no epoch record (empty or unparsable)')
-  config = _read_json(os.path.join(workdir, 'config.json'))
+  config = _read_json(storage.join(workdir, 'config.json'))
   config = config if isinstance(config, dict) else {}
-  results = _read_json(os.path.join(workdir, 'results.json'))
+  results = _read_json(storage.join(workdir, 'results.json'))
   results = results if isinstance(results, dict) else None
-  fallback = os.path.basename(os.path.abspath(workdir)) or 'run'
+  fallback = storage.basename(storage.abspath(workdir)) or 'run'
   return Run(label=derive_label(config, fallback), config=config, history=history,
              results=results, workdir=workdir)
 
@@ -161,7 +161,7 @@ def display_labels(runs: Sequence[Run]) -> list[str]:
     for lab, idx in _clashes(labels):
       for n, i in enumerate(idx):
         if stage == 'dir':
-          base = os.path.basename(os.path.abspath(runs[i].workdir)) if runs[i].workdir else ''
+          base = storage.basename(storage.abspath(runs[i].workdir)) if runs[i].workdir else ''
           labels[i] = f'{lab} [{base}]' if base else f'{lab} #{n + 1}'
         else:
           labels[i] = f'{lab} #{n + 1}'

@@ -8,8 +8,10 @@ test PGD-20 accuracy and "final" the last epoch with a test accuracy, the paper'
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import Any, Iterable, Sequence
 
+from sglr_jax import storage
 from sglr_jax.evaluation import results
 from sglr_jax.evaluation.results import number
 from sglr_jax.report.runs import Run, as_runs, display_labels, field, fmt_rate
@@ -109,6 +111,17 @@ def calibration_table(runs: Sequence[Run]) -> str | None:
   return results.runs_table(rows, ECE_KEYS, parts=('best', 'final'))
 
 
+def _where(workdir: str, out_dir: str) -> str:
+  """``workdir`` relative to ``out_dir``; a URL as it is unless both lie in one bucket."""
+  if not (storage.is_url(workdir) or storage.is_url(out_dir)):
+    return os.path.relpath(workdir, out_dir)
+  (scheme_w, _, rest_w), (scheme_o, _, rest_o) = workdir.partition('://'), out_dir.partition('://')
+  bucket_w, bucket_o = rest_w.split('/', 1)[0], rest_o.split('/', 1)[0]
+  if (scheme_w, bucket_w) != (scheme_o, bucket_o) or not rest_o:
+    return workdir
+  return posixpath.relpath('/' + rest_w, '/' + rest_o)
+
+
 def runs_overview(runs: Sequence[Run], labels: Sequence[str], rows: Sequence[dict],
                   out_dir: str) -> str:
   """Markdown: per run its workdir (relative to ``out_dir``, so the report can be moved),
@@ -118,7 +131,7 @@ def runs_overview(runs: Sequence[Run], labels: Sequence[str], rows: Sequence[dic
   for run, label, row in zip(runs, labels, rows):
     rate = number(field(run.config, 'data.noise.rate'))
     epochs = field(run.config, 'train.epochs')
-    cells = [label.replace('|', '\\|'), f'`{os.path.relpath(run.workdir, out_dir)}`',
+    cells = [label.replace('|', '\\|'), f'`{_where(run.workdir, out_dir)}`',
              str(field(run.config, 'data.name', '-')), str(field(run.config, 'model.name', '-')),
              fmt_rate(rate) if rate is not None else '-',
              f"{run.history[-1]['epoch']}" + (f' / {epochs}' if epochs else ''),

@@ -1,7 +1,8 @@
 """``train_and_evaluate(config, workdir)``: the training loop around the pure step.
 
 Per epoch: train (progress bar), test natural + PGD-20 accuracy, optionally the fit
-of the training labels (memorisation under label noise), one line of
+of the training labels (memorisation under label noise) and the information in weights
+and Hessian trace of the training loss (``epoch_analysis``), one line of
 ``history.jsonl``, then the ``latest`` checkpoint (and ``best`` when the test PGD-20
 accuracy improved). The last epoch is also saved as ``final``. Re-running on a
 workdir resumes from the newest readable ``latest`` checkpoint.
@@ -25,7 +26,6 @@ run killed at any point after its last epoch's ``latest`` completes ``final`` wh
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable, Iterable
 
@@ -37,7 +37,8 @@ from tqdm import tqdm
 from sglr_jax import checkpoints, data, distributed, experiment, history, mesh as mesh_lib
 from sglr_jax import tensorboard, workdir as workdir_lib
 from sglr_jax.evaluation import metrics, predict
-from sglr_jax.training import preemption, progress as progress_lib, state as state_lib
+from sglr_jax.training import epoch_analysis, preemption, progress as progress_lib
+from sglr_jax.training import state as state_lib
 from sglr_jax.training import step as step_lib, summary, swa
 
 Hook = Callable[[int], None]
@@ -62,8 +63,8 @@ def check_finite(sums: list, epoch: int, first: int) -> None:
 
 def write_config(config, workdir: str):
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    workdir_lib.write_text(workdir, 'config.json',
+                           config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def improves(value, best_metric) -> bool:
@@ -132,8 +133,11 @@ def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks,
   is_main = jax.process_index() == 0
   spe, tp, ev = exp.steps_per_epoch, exp.train, exp.eval
   st = experiment.initial_state(exp)
+  # IIW's reference: the initial weights, taken before a resume replaces them
+  analyser = epoch_analysis.EpochAnalysis.create(exp, st.params)
   shardings = mesh_lib.state_shardings(st, exp.mesh, exp.step.table_layout)
-  st, partial_sums, partial_time = progress_lib.resume(workdir, st, shardings, spe, tp.epochs)
+  st, partial_sums, partial_time = progress_lib.resume(workdir, st, shardings, spe, tp.epochs,
+                                                       tp.checkpoint_commit)
   done = int(st.epoch)
   step = int(st.step)  # optimizer steps so far; the key of 'latest' checkpoints
   # The resume was compatible: from here on the workdir is written.
@@ -151,12 +155,12 @@ def _train(exp: experiment.Experiment, workdir: str, progress: bool, hooks,
   if done >= tp.epochs and not checkpoints.committed(workdir, 'final', tp.epochs):
     # killed after the last epoch's 'latest', before or inside the save of 'final'
     logging.warning('all %d epochs are done; saving the missing final checkpoint', tp.epochs)
-    checkpoints.save(workdir, 'final', st, tp.epochs)
+    checkpoints.save(workdir, 'final', st, tp.epochs, commit=tp.checkpoint_commit)
   try:
     with preemption.Preemption() as preempt, tensorboard.StepLog(
         workdir, step, tp.batch_size, enabled=is_main) as steplog:
       _epochs(exp, workdir, progress, hooks, st, step, partial_sums, partial_time, preempt,
-              steplog, train_step, bn_pass, eval_step, fit_step, shardings)
+              steplog, train_step, bn_pass, eval_step, fit_step, shardings, analyser)
   finally:
     checkpoints.wait()  # the asynchronous save of the last 'latest'
   return history.read_history(workdir)
@@ -169,11 +173,11 @@ def _save_epoch(workdir: str, st, epoch: int, step: int, improved: bool, tp, spe
   if epoch + 1 == tp.epochs:
     also += (('final', epoch + 1),)
   checkpoints.save(workdir, 'latest', st, step, progress_lib.record(epoch + 1, [], spe, 0.0),
-                   asynchronous=True, also=also)
+                   asynchronous=True, also=also, commit=tp.checkpoint_commit)
 
 
 def _epochs(exp, workdir, progress, hooks, st, step, partial_sums, partial_time, preempt,
-            steplog, train_step, bn_pass, eval_step, fit_step, shardings):
+            steplog, train_step, bn_pass, eval_step, fit_step, shardings, analyser=None):
   """The epochs from the resume point on (see the module docstring)."""
   is_main = jax.process_index() == 0
   spe, tp, ev = exp.steps_per_epoch, exp.train, exp.eval
@@ -203,7 +207,8 @@ def _epochs(exp, workdir, progress, hooks, st, step, partial_sums, partial_time,
         sums = jax.device_get(sums)
         check_finite(sums, epoch, 0)
         checkpoints.save(workdir, 'latest', st, step,
-                         progress_lib.record(epoch, sums, spe, time.time() - t0))
+                         progress_lib.record(epoch, sums, spe, time.time() - t0),
+                         commit=tp.checkpoint_commit)
         if stop:
           stopped = True
           break
@@ -224,6 +229,8 @@ def _epochs(exp, workdir, progress, hooks, st, step, partial_sums, partial_time,
     record = summary.epoch_record(epoch, sums, float(schedule(epoch * spe)))
     record['train_time_s'] = round(time.time() - t0, 2)
     record.update(_evaluations(exp, st, epoch, eval_step, fit_step, eval_key))
+    if analyser is not None:
+      record.update(analyser(st, epoch + 1))
     record['epoch_time_s'] = round(time.time() - t0, 2)
     improved = improves(record.get('test_pgd20_acc'), st.best_metric)
     if improved:

@@ -23,15 +23,18 @@ def record(epoch: int, sums: list, steps_per_epoch: int, train_time_s: float) ->
           'metrics': [{k: float(v) for k, v in m.items()} for m in sums]}
 
 
-def resume(workdir: str, state, shardings, steps_per_epoch: int, epochs: int = 0):
+def resume(workdir: str, state, shardings, steps_per_epoch: int, epochs: int = 0,
+           commit: str = 'auto'):
   """The newest readable ``latest`` checkpoint (or ``state``) and, when it was taken
   inside an epoch, that epoch's saved per-step metrics and train time.
 
-  ``epochs``: the run's epoch count, to say so when all are done.
+  ``epochs``: the run's epoch count, to say so when all are done; ``commit``: the run's
+  ``train.checkpoint_commit``.
   Returns ``(state, sums, train_time_s)``.
   """
   spe = steps_per_epoch
-  got = checkpoints.restore(workdir, 'latest', state, shardings, with_progress=True)
+  got = checkpoints.restore(workdir, 'latest', state, shardings, with_progress=True,
+                            commit=commit)
   if got is None:
     return state, [], 0.0
   state, key, prog = got

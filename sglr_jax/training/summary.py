@@ -1,10 +1,9 @@
 """One epoch's history line, its console summary, and the run's closing line."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from sglr_jax import storage
 from sglr_jax.evaluation import metrics
 
 
@@ -52,5 +51,5 @@ def closing_line(hist: list, workdir: str) -> str:
   for key, name in (('test_natural_acc', 'test nat'), ('test_pgd20_acc', 'PGD-20')):
     if isinstance(r.get(key), float):
       nums.append(f'{name} {100 * r[key]:.1f}%')
-  return (f"done: {', '.join(nums)}; history {os.path.join(workdir, 'history.jsonl')}, "
-          f"checkpoints {os.path.join(workdir, 'checkpoints')}")
+  return (f"done: {', '.join(nums)}; history {storage.join(workdir, 'history.jsonl')}, "
+          f"checkpoints {storage.join(workdir, 'checkpoints')}")

@@ -23,7 +23,9 @@ class AutoAttackFlag(UserWarning):
 
 
 def flag(check: str, message: str) -> dict:
-  warnings.warn(f'AutoAttack check {check!r}: {message}', AutoAttackFlag, stacklevel=3)
+  """A finding: warned on process 0 only (every process finds the same), returned."""
+  if jax.process_index() == 0:
+    warnings.warn(f'AutoAttack check {check!r}: {message}', AutoAttackFlag, stacklevel=3)
   return {'check': check, 'message': message}
 
 

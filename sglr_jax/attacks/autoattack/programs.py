@@ -94,7 +94,7 @@ def run_fn(name: str, cfg: AutoAttackConfig, ops: AttackOps = DEFAULT_OPS):
   raise ValueError(f'{name} has no runs (square: square_init_batch / square_batch)')
 
 
-def _batch_axis(sharding) -> Optional[tuple]:
+def batch_axis(sharding) -> Optional[tuple]:
   """``(mesh, axis)`` when ``sharding`` splits dimension 0 over one mesh axis, else None."""
   if not isinstance(sharding, jax.sharding.NamedSharding):
     return None
@@ -108,7 +108,7 @@ def _per_device(fn, sharding, in_batched: Sequence[bool]):
   """``fn`` as a per-device program over the batch axis of ``sharding`` (``fn`` itself
   when there is none). ``in_batched[i]``: argument ``i`` (a pytree) is split by rows, the
   others are replicated; every output is split by rows."""
-  axis = _batch_axis(sharding)
+  axis = batch_axis(sharding)
   if axis is None:
     return fn
   mesh, name = axis

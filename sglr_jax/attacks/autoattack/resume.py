@@ -6,10 +6,14 @@ done, the robust flags and the adversarial points, and inside an attack its next
 attack boundary and, inside an attack, at a run (or query-slice) boundary once
 ``every_s`` seconds have passed: the clock decides only when a state is saved, never
 what it holds, so a resumed run computes exactly what an uninterrupted one would.
+
+The path is an ``etils.epath`` one (local, gs://, ...). Across processes, which all
+hold the same state, process 0 writes the file and reads it for all (``hosts``).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -17,8 +21,10 @@ from typing import Optional
 
 import jax
 import numpy as np
+from etils import epath
 
 from sglr_jax import errors
+from sglr_jax.attacks.autoattack import hosts
 
 
 class StateMismatchError(errors.UserError, ValueError):
@@ -40,16 +46,20 @@ def fingerprint(x, y, eps, attacks, cfg, key_data, variables=(),
 
 class StateFile:
   """``load()`` the saved state (None if none), ``save(...)`` it (temp file, then
-  ``os.replace``), ``due()`` whether ``every_s`` seconds passed since the last save."""
+  rename), ``due()`` whether ``every_s`` seconds passed since the last save."""
 
-  def __init__(self, path: str, fp: str, every_s: float = 60.0):
-    self.path, self.fp, self.every_s = path, fp, every_s
+  def __init__(self, path, fp: str, every_s: float = 60.0):
+    self.path, self.fp, self.every_s = epath.Path(path), fp, every_s
     self.last = time.monotonic()
 
   def load(self) -> Optional[dict]:
-    if not os.path.exists(self.path):
+    data = None
+    if hosts.lead() and self.path.exists():
+      data = self.path.read_bytes()
+    data = hosts.broadcast_bytes(data)
+    if data is None:
       return None
-    with np.load(self.path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
       meta = json.loads(str(z['meta']))
       if meta['fingerprint'] != self.fp:
         raise StateMismatchError(f'{self.path} is the state of another AutoAttack run '
@@ -68,7 +78,11 @@ class StateFile:
     return time.monotonic() - self.last >= self.every_s
 
   def save(self, done, acc_after, seconds, robust, x_adv, broken_by, partial=None):
-    """``partial``: None, or ``{'attack', 'step', 'arrays': {name: array}}``."""
+    """``partial``: None, or ``{'attack', 'step', 'arrays': {name: array}}``. Writes
+    on process 0 only."""
+    self.last = time.monotonic()
+    if not hosts.lead():
+      return
     meta = dict(fingerprint=self.fp, done=list(done), acc_after=dict(acc_after),
                 seconds=dict(seconds),
                 partial=None if partial is None else {'attack': partial['attack'],
@@ -76,8 +90,9 @@ class StateFile:
     arrays = dict(robust=robust, x_adv=x_adv, broken_by=broken_by)
     if partial is not None:
       arrays.update({f'partial_{k}': v for k, v in partial['arrays'].items()})
-    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    tmp = f'{self.path}.tmp{os.getpid()}.npz'
-    np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
-    os.replace(tmp, self.path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = self.path.parent / f'{self.path.name}.tmp{os.getpid()}.npz'
+    with tmp.open('wb') as f:
+      np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+    tmp.replace(self.path)
     self.last = time.monotonic()

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from sglr_jax.attacks.autoattack import checks, programs, resume
+from sglr_jax import errors
+from sglr_jax.attacks.autoattack import checks, hosts, programs, resume
 from sglr_jax.attacks.autoattack.config import (ATTACKS, AutoAttackConfig, check_attack,
                                                 n_runs, version_setup)
 from sglr_jax.attacks.common import DEFAULT_OPS, AttackOps, LogitsFn, check_targets
@@ -32,24 +33,26 @@ def padded_batches(indices: np.ndarray, batch_size: int):
 
 def map_batches(fn, indices: np.ndarray, batch_size: int):
   """``fn(padded, mask)`` on every padded batch of ``indices``; yields ``(real, numpy
-  outputs cut to the real rows)``, dispatching each batch before waiting on the last."""
+  outputs cut to the real rows, on every process)``, dispatching each batch before
+  waiting on the last."""
   pending = None
   for batch in list(padded_batches(indices, batch_size)) + [None]:
     launched = None if batch is None else (batch[0], fn(batch[1], batch[2]))
     if pending is not None:
       real, out = pending
-      yield real, jax.tree.map(lambda a, m=len(real): np.asarray(a)[:m], out)
+      yield real, jax.tree.map(lambda a, m=len(real): hosts.to_numpy(a)[:m], out)
     pending = launched
 
 
 def placer(sharding=None):
   """``put(*args)``: the numpy batch arrays among ``args`` (pytrees) placed with
   ``sharding`` (e.g. split over a ('data',) mesh, so every device runs the programs on
-  its rows); scalars and other leaves as they are."""
+  its rows; a mesh over several processes: ``hosts.place``); scalars and other leaves
+  as they are."""
   def put(*args):
     if sharding is None:
       return args
-    return jax.tree.map(lambda a: jax.device_put(a, sharding)
+    return jax.tree.map(lambda a: hosts.place(a, sharding)
                         if isinstance(a, np.ndarray) and a.ndim else a, args)
   put.sharding = sharding  # the programs run per device over its batch axis
   return put
@@ -187,14 +190,19 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
 
   ``sharding``: where each padded batch goes (e.g. ``NamedSharding(mesh, P('data'))``
   to split it over the devices of a mesh; ``batch_size`` must divide evenly); default:
-  the default device. ``variables``: if given, the model is ``logits_fn(variables, x)``
-  and the variables are an argument of the compiled programs, so another checkpoint of
-  the same model (same ``logits_fn`` object) runs without compiling again. ``ops``: how
-  the attacks loop and differentiate (``common.AttackOps``). ``sanity_checks``: run
-  ``checks.before`` on the first batch and ``checks.after`` on the results.
-  ``state_path``: an npz file (``resume``) saved at every attack boundary and, inside an
-  attack, at the first run boundary after ``state_every_s`` seconds; a run started with
-  an existing one continues from it, with exactly the results of an uninterrupted run.
+  the default device. A mesh over the devices of several processes (``jax.distributed``)
+  splits every batch over all of them: each process calls with the same arguments and
+  gets the whole result (``hosts``). ``variables``: if given, the model is
+  ``logits_fn(variables, x)`` and the variables are an argument of the compiled
+  programs, so another checkpoint of the same model (same ``logits_fn`` object) runs
+  without compiling again. ``ops``: how the attacks loop and differentiate
+  (``common.AttackOps``). ``sanity_checks``: run ``checks.before`` on the first batch
+  and ``checks.after`` on the results.
+  ``state_path``: an npz file (``resume``; any ``etils.epath`` path, e.g. gs://) saved at
+  every attack boundary and, inside an attack, at the first run boundary after
+  ``state_every_s`` seconds; a run started with an existing one continues from it, with
+  exactly the results of an uninterrupted run. Across processes, process 0 writes it and
+  reads it for all.
   ``hook(attack, step)``: called at every run boundary (``step``: the next run or query)
   and after each attack (``step`` None), after any save (tests interrupt runs there).
 
@@ -224,6 +232,7 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
     _check_targets(model_fn, variables, cfg, attacks, x.shape[1:])
     warm_up(model_fn, variables, cfg, attacks, x.shape[1:], batch_size,
             jax.random.fold_in(key, 0), sharding, progress, ops)
+  hosts.sync()
   robust = predict(model_fn, x, batch_size, sharding, variables,
                    jax.random.fold_in(pkey, 0)) == y
   clean_acc = float(robust.mean()) if len(x) else 0.0
@@ -292,6 +301,13 @@ def run_autoattack(logits_fn: LogitsFn, x, y, eps: float, *, key, batch_size: in
               **summary)
 
 
+def _check_split(batch_size: int, sharding):
+  axis = programs.batch_axis(sharding)
+  if axis is not None and batch_size % axis[0].shape[axis[1]]:
+    raise errors.ConfigError(f'batch_size={batch_size} does not split evenly over the '
+                             f'{axis[0].shape[axis[1]]} devices of the sharding')
+
+
 def _usable_cores() -> int:
   try:
     return len(os.sched_getaffinity(0))
@@ -310,6 +326,7 @@ def warm_up(model_fn: programs.ModelFn, variables, cfg: AutoAttackConfig,
   so they compile side by side, ``compile_threads`` at a time (0: one per usable core)
   instead of one after the other as the attacks reach them.
   """
+  _check_split(batch_size, sharding)
   put = placer(sharding)
   n = batch_size
   x, y, mask, ids = put(np.zeros((n,) + tuple(example_shape), np.float32),

@@ -5,10 +5,12 @@ making a report changes no global backend state and needs no display.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Iterable, Sequence
 
+from sglr_jax import storage
 from sglr_jax.evaluation.results import number
 from sglr_jax.report.events import lr_decay_epochs, sglr_start_epoch
 from sglr_jax.report.runs import Run, as_runs, display_labels, field, fmt_rate, has, series
@@ -22,11 +24,18 @@ def figure(nrows: int, ncols: int, width: float, height: float, **kw):
 
 
 def save(fig, path: str | os.PathLike) -> str:
+  """Writes ``fig`` as PNG to ``path`` (a local path or a URL); returns the path."""
   path = os.fspath(path)
+  kw = {'format': 'png', 'facecolor': 'white', 'bbox_inches': 'tight', 'pad_inches': 0.15}
+  if storage.is_url(path):
+    buf = io.BytesIO()
+    fig.savefig(buf, **kw)
+    storage.write_bytes(path, buf.getvalue())
+    return path
   d = os.path.dirname(path)
   if d:
     os.makedirs(d, exist_ok=True)
-  fig.savefig(path, format='png', facecolor='white', bbox_inches='tight', pad_inches=0.15)
+  fig.savefig(path, **kw)
   return path
 
 

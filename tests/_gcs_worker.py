@@ -1,0 +1,93 @@
+"""A ``gs://`` workdir end to end against a local GCS emulator (``gcp-storage-emulator``,
+in memory, on 127.0.0.1): train a tiny config for one epoch, resume to two, evaluate,
+report. Run as a script (``python tests/_gcs_worker.py OUT.json``): the endpoints must be
+in the environment before gcsfs and TensorStore are imported. Writes what it found as
+JSON to OUT.json for ``test_gcs_workdir.py`` to check.
+"""
+import json
+import logging
+import os
+import socket
+import sys
+
+
+def _free_port() -> int:
+  s = socket.socket()
+  s.bind(('127.0.0.1', 0))
+  port = s.getsockname()[1]
+  s.close()
+  return port
+
+
+def _start_emulator():
+  from gcp_storage_emulator.server import create_server  # pylint: disable=g-import-not-at-top
+  port = _free_port()
+  server = create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
+  server.start()
+  url = f'http://127.0.0.1:{port}'
+  os.environ['STORAGE_EMULATOR_HOST'] = url  # gcsfs (epath's gs:// backend)
+  os.environ['TENSORSTORE_GCS_HTTP_URL'] = url  # TensorStore (Orbax's array writes)
+  # Nothing may look for credentials beyond loopback: TensorStore takes a fixed token,
+  # gcsfs connects anonymously, google-auth skips the GCE metadata server, and gcsfs's
+  # bucket-type probe (a gRPC call to the real control plane) is off.
+  os.environ['GOOGLE_AUTH_TOKEN_FOR_TESTING'] = 'emulator'
+  os.environ['NO_GCE_CHECK'] = 'true'
+  os.environ['GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT'] = 'false'
+  import fsspec.config  # pylint: disable=g-import-not-at-top
+  fsspec.config.conf.setdefault('gcs', {})['token'] = 'anon'
+  return server
+
+
+def main(out_path: str):
+  server = _start_emulator()
+  for name in ('gcsfs', 'gcp_storage_emulator', 'absl'):
+    logging.getLogger(name).setLevel(logging.CRITICAL)
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from sglr_jax import checkpoints, cli, history
+  from sglr_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from sglr_jax.training import loop  # pylint: disable=g-import-not-at-top
+
+  wd = 'gs://bucket/run'
+  fields = {'train.epochs': 2, 'train.train_fit_every_epochs': 0,
+            'eval.suite': ('natural', 'pgd20'), 'parallel.num_devices': 1}
+  out = {}
+  try:
+    loop.train_and_evaluate(tiny_config(**fields, **{'train.halt_after_epoch': 1}), wd,
+                            progress=False)
+    out['epochs_after_halt'] = [r['epoch'] for r in history.read_history(wd)]
+    out['latest_after_halt'] = checkpoints.available(wd, 'latest')
+    hist = loop.train_and_evaluate(tiny_config(**fields), wd, progress=False)
+    out['epochs'] = [r['epoch'] for r in hist]
+    out['available'] = {k: checkpoints.available(wd, k) for k in checkpoints.KINDS}
+    out['final_committed'] = checkpoints.committed(wd, 'final', 2)
+    root = epath.Path(wd)
+    out['checkpoint_names'] = sorted(
+        f'{k}/{p.name}' for k in checkpoints.KINDS for p in (root / 'checkpoints' / k).iterdir())
+    # AutoAttack too: its resumable state and adversarial examples live in the workdir
+    res = evaluate.evaluate(tiny_config(**dict(fields, **{
+        'eval.suite': ('natural', 'pgd20', 'autoattack'), 'eval.autoattack_budget': 'smoke',
+        'eval.autoattack_examples': 8})), wd, progress=False)
+    out['adversarial'] = sorted(p.name for p in (root / 'adversarial').iterdir())
+    out['eval_state_left'] = sorted(p.name for p in (root / 'eval_state').iterdir()) if (
+        root / 'eval_state').exists() else []
+    out['autoattack_acc'] = res['final']['autoattack_acc']
+    out['results_epochs'] = [res['best']['epoch'], res['final']['epoch']]
+    stored = json.loads((root / 'results.json').read_text())
+    out['stored_final_natural'] = stored['final']['natural_acc']
+    out['final_natural'] = res['final']['natural_acc']
+    out['config_width'] = json.loads((root / 'config.json').read_text())['model']['width']
+    out['tensorboard'] = sorted(p.name.split('.')[-1]
+                                for p in (root / 'tensorboard' / 'epoch').iterdir())
+    cli.run_argv(['run.py', f'--workdir={wd}', '--mode=report'], progress=False)
+    out['report'] = sorted(p.name for p in (root / 'report').iterdir())
+    out['local_gs_dir'] = os.path.exists('gs:')  # os.path would have made 'gs:/bucket/run'
+  finally:
+    server.stop()
+  with open(out_path, 'w') as f:
+    json.dump(out, f)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
