@@ -1,22 +1,23 @@
 """Study 6: symmetric label noise 0, 0.2, 0.4, 0.6 with three seeds; PGD-AT vs SGLR
-(paper Tab. B.2, Fig. 4), and at noise 0.4 the paper's other baselines (AWP, KD-AT,
-KD-SWA; paper Tab. 2).
+(paper Tab. B.2, Fig. 4).
 
-The net of study 5, where robust overfitting is unmistakable: the wide small CNN without
-BatchNorm (``configs/mnist_noisy_nobn_*``), here on the main job's 20-epoch schedule (lr
-0.1, decayed x0.1 after epochs 10 and 15) so that 24 runs fit in a few CPU hours. A seed
-sets the model initialisation, the data order AND the noisy labels, so the PGD-AT and
-SGLR runs of one seed see the same flipped labels (the pairs of the paired comparison).
+The net of study 5, where robust overfitting is unmistakable over 40 epochs: the wide
+small CNN without BatchNorm (``configs/mnist_noisy_nobn_*``), here on the main job's
+20-epoch schedule (lr 0.1, decayed x0.1 after epochs 10 and 15) so that 24 runs fit in a
+few CPU hours. A seed sets the model initialisation, the data order AND the noisy labels,
+so the PGD-AT and SGLR runs of one seed see the same flipped labels (the pairs of the
+paired comparison in docs/RESULTS.md, written by studies/aggregate.py).
 
-The baselines (seed 0, noise 0.4): AWP (gamma 5e-3 from the first epoch), KD-AT distilling
-from the best checkpoint of the PGD-AT run of the same seed and noise, and KD-SWA adding a
-standard teacher (trained here, no attack) and weight averaging from epoch 10.
+Unless ``--no-baselines``, the paper's other baselines (``common.baselines``: AWP, KD-AT,
+KD-SWA) are added at noise 0.4, seed 0 (distilling from that PGD-AT run). The measured
+baselines are those of study 5's 40-epoch setting (``studies/batchnorm_noise.py
+--baselines``), where PGD-AT overfits; docs/RESULTS.md says why.
 
   python studies/noise_rates.py [--rates 0,0.2,0.4,0.6] [--seeds 0,1,2] [--no-baselines]
-                                [--out DIR] [--mini]
+                                [--out DIR] [--mini] [--list] [--reverse] [--report-only]
 
-Runs go seed by seed (seed 0 at every rate, then the baselines, then seed 1, ...), so an
-interrupted study has whole seeds; run the same command again to finish it.
+Runs go seed by seed, so an interrupted study has whole seeds; run the same command again
+to finish it (``--reverse`` in a second process shares the work).
 """
 import sys
 
@@ -70,8 +71,11 @@ def main():
       runs += extra
       groups['baselines'] = [f'{m} noise {BASELINE_RATE:g} seed {seed}' for m, _ in METHODS]
       groups['baselines'] += [n for n, _, _ in extra if not n.startswith('standard')]
-  if args.mini:  # the smoke test: one PGD-AT / SGLR pair
-    runs, groups = runs[:2], None
+  if args.mini:  # the smoke test: PGD-AT at the first rate, SGLR at the second (two groups)
+    runs = [runs[0], runs[3]]
+    names = {n for n, _, _ in runs}
+    groups = {g: [n for n in ns if n in names] for g, ns in groups.items()}
+    groups = {g: ns for g, ns in groups.items() if ns}
   run_study('label noise rates', runs, args, groups)
 
 

@@ -65,14 +65,7 @@ def main(out_path: str):
     root = epath.Path(wd)
     out['checkpoint_names'] = sorted(
         f'{k}/{p.name}' for k in checkpoints.KINDS for p in (root / 'checkpoints' / k).iterdir())
-    # AutoAttack too: its resumable state and adversarial examples live in the workdir
-    res = evaluate.evaluate(tiny_config(**dict(fields, **{
-        'eval.suite': ('natural', 'pgd20', 'autoattack'), 'eval.autoattack_budget': 'smoke',
-        'eval.autoattack_examples': 8})), wd, progress=False)
-    out['adversarial'] = sorted(p.name for p in (root / 'adversarial').iterdir())
-    out['eval_state_left'] = sorted(p.name for p in (root / 'eval_state').iterdir()) if (
-        root / 'eval_state').exists() else []
-    out['autoattack_acc'] = res['final']['autoattack_acc']
+    res = evaluate.evaluate(tiny_config(**fields), wd, progress=False)
     out['results_epochs'] = [res['best']['epoch'], res['final']['epoch']]
     stored = json.loads((root / 'results.json').read_text())
     out['stored_final_natural'] = stored['final']['natural_acc']
