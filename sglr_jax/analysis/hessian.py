@@ -53,7 +53,9 @@ def summarise(estimates) -> dict:
 def hutchinson_trace(loss_fn: Callable, params, key, probes: int = 8) -> dict:
   """``{'trace': mean estimate, 'stderr': its standard error, 'probes': n}``.
 
-  ``loss_fn(params) -> scalar`` (close over a batch or a few).
+  ``loss_fn(params) -> scalar`` (close over a batch or a few). The weights are an
+  argument of the compiled program, not constants in it: XLA would otherwise try to
+  fold the network's first layers over them at compile time (tens of seconds).
   """
-  one = jax.jit(lambda k: quadratic_form(loss_fn, params, k))
-  return summarise([float(one(k)) for k in probe_keys(key, probes)])
+  one = jax.jit(lambda p, k: quadratic_form(loss_fn, p, k))
+  return summarise([float(one(params, k)) for k in probe_keys(key, probes)])
