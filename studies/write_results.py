@@ -136,11 +136,14 @@ def main():
       continue
     with open(os.path.join(d, 'summary.json')) as f:
       summary = json.load(f)
+    train_min = sum(r.get('epoch_time_s', 0.0) for name in summary['runs']
+                    for r in read_history(os.path.join(d, 'runs', name), strict=False)) / 60
     out += [f"## {summary['title'][:1].upper()}{summary['title'][1:]}", '',
             f"Command: `python {summary['command']}`; machine: {summary['machine']}; "
             f"wall time of the last invocation {summary['wall_s'] / 60:.1f} min for "
-            f"{len(summary['runs'])} runs (a resumed study counts only what it re-did; the "
-            f"table's training wall time is summed from the runs' histories).", '']
+            f"{len(summary['runs'])} runs (a resumed study counts only what it re-did); the "
+            f"runs' training and per-epoch evaluation took {train_min:.0f} min in all, summed "
+            "from their histories.", '']
     fig_dir = os.path.join(args.docs, 'figures', study)
     os.makedirs(fig_dir, exist_ok=True)
     if study in SEEDED:
