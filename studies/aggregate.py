@@ -96,15 +96,15 @@ def paired_table(rows: list[dict]) -> list[str]:
     lines.append(
         f"| {p['rate']:g} | {','.join(map(str, p['seeds']))} | "
         f"{', '.join(f'{x:+.1f}' for x in p['diffs'])} | {_pm(p)} | {p['wins']} of "
-        f"{len(p['seeds'])} | {_p(p['p'])} | {_pm(q, sign=True)} (p {_p(q['p'])}) |")
+        f"{len(p['seeds'])} | {_p(p['p'])} | {_pm(q)} (p {_p(q['p'])}) |")
   return lines
 
 
-def _pm(p: dict, sign: bool = True) -> str:
+def _pm(p: dict) -> str:
+  """A paired mean difference, signed, with its sd when there is one."""
   if math.isnan(p['mean']):
     return '-'
-  f = '+.1f' if sign else '.1f'
-  return f"{p['mean']:{f}}" + ('' if math.isnan(p['sd']) else f" ± {p['sd']:.1f}")
+  return f"{p['mean']:+.1f}" + ('' if math.isnan(p['sd']) else f" ± {p['sd']:.1f}")
 
 
 def _p(p: float) -> str:
