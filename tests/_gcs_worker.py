@@ -19,8 +19,32 @@ def _free_port() -> int:
   return port
 
 
+def _send_generation_headers():
+  """Make the emulator's media downloads carry ``x-goog-generation``, as GCS's do.
+
+  TensorStore takes an object's generation from that header on every ranged read; without
+  it the generation reads as 0, and OCDBT's next conditional write of a manifest it has
+  re-read (when its cache entry is rechecked, which depends on timing) fails with
+  "Malformed StorageGeneration". Real GCS always sends the header.
+  """
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    try:
+      obj = storage.get_file_obj(request.params['bucket_name'], request.params['object_id'])
+    except Exception:  # pylint: disable=broad-except
+      return  # missing object: the 404 stands
+    response['x-goog-generation'] = obj['generation']
+    response['x-goog-metageneration'] = obj['metageneration']
+
+  objects.download = download_with_generation  # ``objects.get`` looks it up per call
+
+
 def _start_emulator():
   from gcp_storage_emulator.server import create_server  # pylint: disable=g-import-not-at-top
+  _send_generation_headers()
   port = _free_port()
   server = create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
   server.start()
@@ -36,6 +60,19 @@ def _start_emulator():
   import fsspec.config  # pylint: disable=g-import-not-at-top
   fsspec.config.conf.setdefault('gcs', {})['token'] = 'anon'
   return server
+
+
+def _conditional_rewrite() -> bool:
+  """Whether a read then a write conditional on the read's generation succeeds: what
+  OCDBT does to a manifest, done deterministically here rather than when timing says."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  kv = ts.KvStore.open({'driver': 'gcs', 'bucket': 'bucket'}).result()
+  kv.write('probe/manifest', b'1').result()
+  read = kv.read('probe/manifest').result()
+  kv.write('probe/manifest', b'2', if_equal=read.stamp.generation).result()
+  ok = kv.read('probe/manifest').result().value == b'2'
+  kv.delete_range(ts.KvStore.KeyRange('probe/', 'probe0')).result()
+  return ok
 
 
 def main(out_path: str):
@@ -54,6 +91,7 @@ def main(out_path: str):
             'eval.suite': ('natural', 'pgd20'), 'parallel.num_devices': 1}
   out = {}
   try:
+    out['conditional_rewrite'] = _conditional_rewrite()
     loop.train_and_evaluate(tiny_config(**fields, **{'train.halt_after_epoch': 1}), wd,
                             progress=False)
     out['epochs_after_halt'] = [r['epoch'] for r in history.read_history(wd)]

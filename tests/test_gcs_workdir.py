@@ -24,6 +24,7 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_reports(tmp_path):
                      text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   got = json.loads(out.read_text())
+  assert got['conditional_rewrite'] is True  # the emulator gives generations as GCS does
   assert got['epochs_after_halt'] == [1] and got['latest_after_halt'] == [4]  # 4 steps/epoch
   assert got['epochs'] == [1, 2]  # resumed from latest/4, not retrained
   assert got['available'] == {'latest': [4, 8], 'best': [got['results_epochs'][0]],
