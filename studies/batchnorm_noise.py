@@ -9,8 +9,9 @@ BatchNorm (``mnist_noisy_nobn_sglr``); one seed each (``--seeds`` for more).
 
 ``--no-bn-only`` skips the BatchNorm run (it is the label-noise study's seed-0 PGD-AT run).
 ``--baselines`` adds, for each seed, the paper's other baselines in the no-BatchNorm setting
-(``common.baselines``: AWP, KD-AT distilling from that seed's no-BN PGD-AT run, and KD-SWA
-with a standard teacher and weight averaging from epoch 20, after the first decay).
+(``common.baselines``: AWP, KD-AT distilling from that seed's no-BN PGD-AT run, KD-SWA
+with a standard teacher and weight averaging from epoch 20, after the first decay, PGD-AT +
+uniform label smoothing and PGD-AT + temporal ensembling ramped up until epoch 20).
 """
 import sys
 

@@ -27,6 +27,17 @@ MINI = {
 }
 
 
+def take_option(flag: str, default: str) -> str:
+  """The value after ``flag`` in ``sys.argv`` (removed from it, so ``parse_args`` does not
+  see a study's own options), or ``default``."""
+  if flag not in sys.argv:
+    return default
+  i = sys.argv.index(flag)
+  value = sys.argv[i + 1]
+  del sys.argv[i:i + 2]
+  return value
+
+
 def parse_args(description: str, default_out: str):
   p = argparse.ArgumentParser(description=description)
   p.add_argument('--out', default=os.path.join(ROOT, 'studies_out', default_out),
@@ -170,7 +181,10 @@ def baselines(out: str, suffix: str, base: dict, teacher: str, swa_start: int) -
   (``mnist_noisy_nobn_at``) with overrides ``base``: AWP (gamma 5e-3 from the first
   epoch), a standard teacher (no attack), KD-AT distilling from the best checkpoint of
   the study's run ``teacher`` and KD-SWA adding the standard teacher and weight averaging
-  from epoch ``swa_start`` (0-based); weights and temperature of ``configs/_kd.py``."""
+  from epoch ``swa_start`` (0-based), with the weights and temperature of
+  ``configs/_kd.py``; then PGD-AT + uniform label smoothing (mass 0.1) and PGD-AT +
+  temporal ensembling (weight 30, momentum 0.9, ramped up until ``swa_start``, which the
+  studies put at the first decay)."""
   std = f'standard {suffix}'
   kd = {'objective.name': 'kd', 'objective.teacher_workdir': os.path.join(out, 'runs', teacher),
         'objective.kd_temperature': 2.0, 'objective.kd_weight': 0.6}
@@ -185,6 +199,10 @@ def baselines(out: str, suffix: str, base: dict, teacher: str, swa_start: int) -
        dict(base, **kd, **{'objective.std_teacher_workdir': os.path.join(out, 'runs', std),
                            'objective.kd_std_weight': 0.1, 'objective.kd_ce_weight': 0.3,
                            'train.swa_start_epoch': swa_start, 'train.swa_every_steps': 0})),
+      (f'LS {suffix}', module, dict(base, **{'objective.name': 'ls', 'objective.ls_eps': 0.1})),
+      (f'TE {suffix}', module,
+       dict(base, **{'objective.name': 'te', 'objective.te_weight': 30.0,
+                     'objective.te_momentum': 0.9, 'objective.te_rampup_epochs': swa_start})),
   ]
 
 

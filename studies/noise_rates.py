@@ -9,7 +9,7 @@ so the PGD-AT and SGLR runs of one seed see the same flipped labels (the pairs o
 paired comparison in docs/RESULTS.md, written by studies/aggregate.py).
 
 Unless ``--no-baselines``, the paper's other baselines (``common.baselines``: AWP, KD-AT,
-KD-SWA) are added at noise 0.4, seed 0 (distilling from that PGD-AT run). The measured
+KD-SWA, LS, TE) are added at noise 0.4, seed 0 (distilling from that PGD-AT run). The measured
 baselines are those of study 5's 40-epoch setting (``studies/batchnorm_noise.py
 --baselines``), where PGD-AT overfits; docs/RESULTS.md says why.
 
@@ -29,22 +29,13 @@ METHODS = (('PGD-AT', 'mnist_noisy_nobn_at'), ('SGLR', 'mnist_noisy_nobn_sglr'))
 BASELINE_RATE, BASELINE_SEED = 0.4, 0
 
 
-def _take(flag: str, default):
-  if flag not in sys.argv:
-    return default
-  i = sys.argv.index(flag)
-  value = sys.argv[i + 1]
-  del sys.argv[i:i + 2]
-  return value
-
-
 def noise(rate: float, seed: int) -> dict:
   return dict(SCHEDULE, **{'data.noise.rate': rate, 'data.noise.seed': seed, 'seed': seed,
                            'data.noise.kind': 'symmetric' if rate else 'none'})
 
 
 def baselines(out: str, rate: float, seed: int) -> list:
-  """AWP, the standard teacher, KD-AT and KD-SWA at (rate, seed) (``common.baselines``);
+  """AWP, the standard teacher, KD-AT, KD-SWA, LS and TE at (rate, seed) (``common.baselines``);
   the robust teacher is the PGD-AT run of the same rate and seed."""
   return common.baselines(out, f'noise {rate:g} seed {seed}', noise(rate, seed),
                           teacher=f'PGD-AT noise {rate:g} seed {seed}', swa_start=10)
@@ -52,8 +43,8 @@ def baselines(out: str, rate: float, seed: int) -> list:
 
 def main():
   command = ' '.join(['studies/noise_rates.py'] + sys.argv[1:])
-  rates = [float(r) for r in _take('--rates', '0,0.2,0.4,0.6').split(',')]
-  seeds = [int(s) for s in _take('--seeds', '0,1,2').split(',')]
+  rates = [float(r) for r in common.take_option('--rates', '0,0.2,0.4,0.6').split(',')]
+  seeds = [int(s) for s in common.take_option('--seeds', '0,1,2').split(',')]
   with_baselines = '--no-baselines' not in sys.argv
   if not with_baselines:
     sys.argv.remove('--no-baselines')

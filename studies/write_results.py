@@ -22,9 +22,12 @@ from sglr_jax.history import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ORDER = ('robust_overfitting', 'label_noise', 'batchnorm_noise', 'noise_rates', 'curvature',
-         'analyses', 'alpha_temperature', 'trades')
-SEEDED = ('noise_rates',)  # studies whose table is over seeds (studies/aggregate.py)
+ORDER = ('robust_overfitting', 'label_noise', 'batchnorm_noise', 'noise_rates', 'epsilon',
+         'curvature', 'analyses', 'alpha_temperature', 'trades')
+# studies whose tables are over seeds (studies/aggregate.py): their figure's file name
+SEEDED = {'noise_rates': 'pgd20_vs_noise_rate.png', 'epsilon': 'pgd20_vs_eps.png',
+          'alpha_temperature': 'pgd20_and_ece_by_setting.png'}
+SWEEP_BASE = 'alpha 0 T 1'  # the sweep's plain PGD-AT, which every setting is compared with
 METRICS = ('natural_acc', 'pgd20_acc')
 COLUMNS = ('best epoch', 'seed', 'final fit of noisy labels (%)', 'training wall (s)')
 
@@ -53,12 +56,25 @@ def seeded_section(study_dir: str, summary: dict, fig_dir: str, study: str) -> l
   """Mean ± sd over seeds, the paired comparison and its figure, then the per-run table
   folded."""
   rows = aggregate.run_metrics(study_dir, summary)
-  png = aggregate.noise_figure(rows, os.path.join(fig_dir, 'pgd20_vs_noise_rate.png'))
-  return (['Mean ± standard deviation over seeds (percent; "fit of flipped labels": training '
-           'examples whose label the noise changed and which the model predicts with the '
-           'noisy label, at the last epoch):', ''] + aggregate.seed_table(rows)
-          + ['', 'Paired comparison (the same seed gives both methods the same noisy labels, '
-             'initialisation and data order):', ''] + aggregate.paired_table(rows)
+  png = os.path.join(fig_dir, SEEDED[study])
+  mean = ('Mean ± standard deviation over seeds (percent' + (
+      '; "fit of flipped labels": training examples whose label the noise changed and which '
+      'the model predicts with the noisy label, at the last epoch' if any(
+          r['fit'] is not None for r in rows) else '') + '):')
+  if study == 'alpha_temperature':
+    tables = (aggregate.seed_table(rows, aggregate.COLUMNS + aggregate.CALIBRATION)
+              + ['', f'Paired comparison with {SWEEP_BASE} (plain PGD-AT; the same seed gives '
+                 'every setting the same initialisation and data order):', '']
+              + aggregate.settings_table(rows, SWEEP_BASE))
+    aggregate.settings_figure(rows, png)
+  else:
+    tables = (aggregate.seed_table(rows)
+              + ['', 'Paired comparison (the same seed gives both methods the same '
+                 'initialisation and data order' + (', and the same noisy labels' if study ==
+                                                    'noise_rates' else '') + '):', '']
+              + aggregate.paired_table(rows))
+    aggregate.rate_figure(rows, png)
+  return ([mean, ''] + tables
           + ['', f'![{os.path.basename(png)}](figures/{study}/{os.path.basename(png)})', '',
              '<details><summary>Every run</summary>', ''] + run_rows(study_dir, summary)
           + ['', '</details>', ''])

@@ -21,7 +21,7 @@ MINIATURE = ('noise_rates.py',)
 
 def test_the_studies():
   assert SCRIPTS == ['alpha_temperature.py', 'batchnorm_noise.py', 'curvature.py',
-                     'label_noise.py', 'noise_rates.py', 'robust_overfitting.py', 'trades.py']
+                     'epsilon.py', 'label_noise.py', 'noise_rates.py', 'robust_overfitting.py', 'trades.py']
 
 
 @pytest.mark.parametrize('script', SCRIPTS)
