@@ -65,9 +65,18 @@ def main(argv=None):
       print(f'{name} {kind}: IIW {r["iiw"]:.4g}, trace {r["hessian"]["trace"]:.4g}, '
             f'silhouette {r["separation"]["silhouette"]:.3f}', flush=True)
   names = [d['name'] for d in done]
+  # every invocation that added checkpoints to this folder, oldest first
+  log = os.path.join(args.out, 'commands.json')
+  commands = json.load(open(log)) if os.path.exists(log) else []
+  command = f'python studies/analyses.py {" ".join(argv or sys.argv[1:])}'
+  if len(done) > len(have) or not commands:
+    commands.append({'command': command, 'wall_s': round(time.time() - t0)})
+    with open(log, 'w') as f:
+      json.dump(commands, f, indent=1)
   with open(os.path.join(args.out, 'analyses.md'), 'w') as f:
-    f.write(f'Command: `python studies/analyses.py {" ".join(argv or sys.argv[1:])}`; '
-            f'wall time of this invocation {time.time() - t0:.0f} s.\n\n' + table(done, names))
+    f.write('\n'.join(f"Command: `{c['command']}`" + (
+        '.' if c.get('wall_s') is None else f"; wall time {c['wall_s']} s.")
+                       for c in commands) + '\n\n' + table(done, names))
   figures.plot_density(done, names, os.path.join(args.out, 'density.png'))
   figures.plot_density(done, names, os.path.join(args.out, 'density_flipped.png'), 'flipped')
   figures.plot_embeddings(done, names, os.path.join(args.out, 'embedding.png'))
