@@ -124,7 +124,8 @@ def main():
   out = ['# Results measured with this code', '',
          'Every table below is written by `python studies/write_results.py` from the outputs '
          'of the study scripts in `studies/`; the figures are theirs. Accuracies in percent on '
-         'the packaged MNIST test split (1,000 digits), PGD-20 at the config\'s eps (0.1); '
+         'the packaged MNIST test split (1,000 digits), PGD-20 at the config\'s eps (0.1; in '
+         'the perturbation-radius study, each run\'s own); '
          '"best" is the epoch with the highest test PGD-20 accuracy, "final" the last epoch, '
          '"diff" best minus final (one decimal, as in the report).', '',
          'Each study is one resumable command (`python studies/STUDY.py`; a killed study '
