@@ -14,7 +14,10 @@ epoch logs ``iiw`` and ``hessian_trace`` (``train.analysis_every_epochs=1``, on 
 ``train.analysis_examples`` training examples with their noisy labels) into the run's
 history; the figure is ``OUT/curvature.png``.
 
-  python studies/curvature.py [--out DIR] [--mini]
+  python studies/curvature.py [--long] [--out DIR] [--mini]
+
+``--long``: PGD-AT only, piecewise and cosine, on study 5's 40-epoch schedule (decays after
+epochs 20 and 30), where PGD-AT memorises; into ``studies_out/curvature_40ep``.
 """
 import os
 import sys
@@ -31,11 +34,20 @@ RUNS = (
 )
 
 
+LONG = {'train.epochs': 40, 'schedule.decay_epochs': (20, 30)}
+
+
 def main():
   command = ' '.join(['studies/curvature.py'] + sys.argv[1:])
-  args = parse_args(__doc__, 'curvature')
+  long = '--long' in sys.argv
+  if long:
+    sys.argv.remove('--long')
+  args = parse_args(__doc__, 'curvature_40ep' if long else 'curvature')
   args.command = command
-  summary = run_study('information in weights and curvature', list(RUNS), args)
+  runs = ([(name, module, dict(overrides, **LONG)) for name, module, overrides in RUNS
+           if name.startswith('PGD-AT')] if long else list(RUNS))
+  title = 'information in weights and curvature' + (', 40 epochs' if long else '')
+  summary = run_study(title, runs, args)
   if args.list:
     return
   # the study's figure, whether or not the report lists it

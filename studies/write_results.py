@@ -14,6 +14,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 
 import aggregate
@@ -23,10 +24,12 @@ from sglr_jax.history import read_history
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ORDER = ('robust_overfitting', 'label_noise', 'batchnorm_noise', 'noise_rates', 'epsilon',
-         'curvature', 'analyses', 'alpha_temperature', 'trades')
+         'curvature', 'curvature_40ep', 'analyses', 'alpha_temperature', 'trades')
 # studies whose tables are over seeds (studies/aggregate.py): their figure's file name
 SEEDED = {'noise_rates': 'pgd20_vs_noise_rate.png', 'epsilon': 'pgd20_vs_eps.png',
           'alpha_temperature': 'pgd20_and_ece_by_setting.png'}
+# study folders written by a script run with a flag: folder -> (script, flag)
+VARIANTS = {'curvature_40ep': ('curvature', '--long')}
 SWEEP_BASE = 'alpha 0 T 1'  # the sweep's plain PGD-AT, which every setting is compared with
 METRICS = ('natural_acc', 'pgd20_acc')
 COLUMNS = ('best epoch', 'seed', 'final fit of noisy labels (%)', 'training wall (s)')
@@ -97,6 +100,22 @@ def analyses_section(d: str, docs: str) -> list[str]:
   return out
 
 
+def _study_of(line: str) -> str | None:
+  """The study a section's ``Command: `python studies/SCRIPT.py ARGS``` line ran."""
+  m = re.match(r'Command: `python studies/(\w+)\.py([^`]*)`', line)
+  if not m:
+    return None
+  for study, (script, flag) in VARIANTS.items():
+    if m[1] == script and flag in m[2].split():
+      return study
+  return m[1] if m[1] in ORDER else None
+
+
+def _command_of(study: str) -> str:
+  script, flag = VARIANTS.get(study, (study, ''))
+  return f'studies/{script}.py' + (f' {flag}' if flag else '')
+
+
 def _kept_sections(path: str) -> dict:
   """{study: its section's lines} of an existing RESULTS.md, found by the command line
   each section starts with (``python studies/STUDY.py``)."""
@@ -108,11 +127,11 @@ def _kept_sections(path: str) -> dict:
   kept = {}
   for a, b in zip(heads, heads[1:]):
     body = lines[a:b]
-    for study in ORDER:
-      if any(l.startswith(f'Command: `python studies/{study}.py') for l in body):
-        while body and not body[-1].strip():
-          body = body[:-1]
-        kept[study] = body
+    study = next((s for s in map(_study_of, body) if s), None)
+    if study:
+      while body and not body[-1].strip():
+        body = body[:-1]
+      kept[study] = body
   return kept
 
 
@@ -181,7 +200,7 @@ def main():
   missing = [s for s in ORDER if s not in found and s not in kept]
   if missing:
     out += ['## Not run yet', '', 'These studies have scripts but no measured outputs in this '
-            'file yet: ' + ', '.join(f'`studies/{s}.py`' for s in missing) + '.', '']
+            'file yet: ' + ', '.join(f'`{_command_of(s)}`' for s in missing) + '.', '']
   os.makedirs(args.docs, exist_ok=True)
   with open(os.path.join(args.docs, 'RESULTS.md'), 'w') as f:
     f.write('\n'.join(out))

@@ -119,3 +119,17 @@ def test_study_runs_in_miniature(script, tmp_path):
   for name in json.loads((out / 'summary.json').read_text())['runs']:
     assert f'| {name} |' in text
   assert '](figures/' in text
+
+
+def test_kept_sections_tell_a_flagged_study_from_its_script(tmp_path, monkeypatch):
+  """A section measured earlier is kept under the study that wrote it: the command line
+  ``studies/curvature.py --long`` is the 40-epoch study, not the 20-epoch one."""
+  monkeypatch.syspath_prepend(os.path.join(ROOT, 'studies'))
+  import write_results  # pylint: disable=g-import-not-at-top
+  page = tmp_path / 'RESULTS.md'
+  page.write_text('# R\n\n## A\n\nCommand: `python studies/curvature.py --no-progress`; x\n\n'
+                  '## B\n\nCommand: `python studies/curvature.py --long`; y\n\n'
+                  '## C\n\nCommand: `python studies/nonexistent.py`\n')
+  kept = write_results._kept_sections(str(page))
+  assert sorted(kept) == ['curvature', 'curvature_40ep']
+  assert kept['curvature'][0] == '## A' and kept['curvature_40ep'][-1].endswith('; y')
