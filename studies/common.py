@@ -38,6 +38,19 @@ def take_option(flag: str, default: str) -> str:
   return value
 
 
+def seed_grid(param: str, values, seed: int, methods, overrides, groups: dict) -> list:
+  """One seed's runs over ``values`` of ``param`` for each ``(method, config module)``,
+  named ``METHOD PARAM VALUE seed SEED`` (the names ``aggregate.py`` parses), with
+  ``overrides(value, seed)``; each run's name is added to ``groups['PARAM_VALUE']``."""
+  runs = []
+  for v in values:
+    for method, module in methods:
+      name = f'{method} {param} {v:g} seed {seed}'
+      runs.append((name, module, overrides(v, seed)))
+      groups.setdefault(f'{param}_{v:g}', []).append(name)
+  return runs
+
+
 def parse_args(description: str, default_out: str):
   p = argparse.ArgumentParser(description=description)
   p.add_argument('--out', default=os.path.join(ROOT, 'studies_out', default_out),

@@ -30,13 +30,9 @@ def main():
   seeds = [int(s) for s in common.take_option('--seeds', '0,1').split(',')]
   args = parse_args(__doc__, 'epsilon')
   args.command = command
-  runs, groups = [], {}
-  for seed in seeds:
-    for eps in radii:
-      for method, module in METHODS:
-        name = f'{method} eps {eps:g} seed {seed}'
-        runs.append((name, module, radius(eps, seed)))
-        groups.setdefault(f'eps_{eps:g}', []).append(name)
+  groups = {}
+  runs = [run for seed in seeds
+          for run in common.seed_grid('eps', radii, seed, METHODS, radius, groups)]
   run_study('perturbation radius', runs, args, groups)
 
 

@@ -52,11 +52,7 @@ def main():
   args.command = command
   runs, groups = [], {}
   for seed in seeds:
-    for r in rates:
-      for method, module in METHODS:
-        name = f'{method} noise {r:g} seed {seed}'
-        runs.append((name, module, noise(r, seed)))
-        groups.setdefault(f'noise_{r:g}', []).append(name)
+    runs += common.seed_grid('noise', rates, seed, METHODS, noise, groups)
     if with_baselines and seed == BASELINE_SEED and BASELINE_RATE in rates:
       extra = baselines(args.out, BASELINE_RATE, seed)
       runs += extra
